@@ -1,0 +1,146 @@
+"""The one config dataclass that drives the tune form, the CLI and the saved run."""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from core.paths import WorkbenchError
+
+
+class Method(str, enum.Enum):
+    PROMPT_TUNING = "prompt-tuning"
+    P_TUNING = "p-tuning"
+    PREFIX_TUNING = "prefix-tuning"
+
+
+class Init(str, enum.Enum):
+    RANDOM = "random"
+    SAMPLE_VOCAB = "sample-vocab"
+    TEXT = "text"
+    CLASS_LABEL = "class-label"
+
+
+class EncoderType(str, enum.Enum):
+    MLP = "mlp"
+    LSTM = "lstm"
+
+
+class PromptFormat(str, enum.Enum):
+    CHAT = "chat"
+    PLAIN = "plain"
+
+
+class ConfigError(WorkbenchError, ValueError):
+    """All problems of a config at once: `errors` maps each field to its message."""
+
+    def __init__(self, errors: dict[str, str]):
+        self.errors = errors
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TuneConfig:
+    # what to tune
+    model: str = _f("smollm2-135m-instruct", "Bundled model name, local Hugging Face folder, or hub id.")
+    task: str = _f("paraphrase", "Built-in task name, or a name for your own data when data_path is set.")
+    data_path: Optional[str] = _f(None, "CSV, JSONL or Parquet file with your own examples (optional).")
+    input_column: str = _f("input", "Column of data_path holding the model input.")
+    target_column: str = _f("target", "Column of data_path holding the expected output.")
+    # method
+    method: Method = _f(Method.PROMPT_TUNING, "Soft-prompt method (all through PEFT).")
+    num_virtual_tokens: int = _f(20, "Number of virtual (soft) tokens.", min=1, max=512)
+    init: Init = _f(Init.SAMPLE_VOCAB, "Prompt-tuning init: random vectors, vocabulary sample, text, or class labels.")
+    init_text: Optional[str] = _f(None, "Text whose token embeddings start the prompt (init=text).")
+    sample_vocab_top_k: int = _f(5000, "Sample init tokens from the k most frequent tokens (BPE merge rank).", min=1)
+    label_words: list = _f([], "Label words whose embeddings start the prompt (init=class-label).")
+    encoder_type: EncoderType = _f(EncoderType.MLP, "P-tuning prompt encoder.")
+    encoder_hidden_size: int = _f(128, "Hidden size of the P-tuning encoder / prefix projection.", min=1)
+    prefix_projection: bool = _f(False, "Prefix tuning: reparameterise the prefix through an MLP.")
+    # formatting
+    prompt_format: PromptFormat = _f(PromptFormat.CHAT, "Wrap examples in the model's chat template, or plain text.")
+    input_template: str = _f("{input}", "Text around each input; must contain {input}.")
+    # training
+    max_steps: int = _f(200, "Optimizer steps to train.", min=1)
+    batch_size: int = _f(8, "Examples per step.", min=1)
+    learning_rate: float = _f(3e-2, "AdamW learning rate for the prompt parameters.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    warmup_steps: int = _f(10, "Linear warm-up steps.", min=0)
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    max_input_tokens: int = _f(256, "Inputs are truncated to this many tokens.", min=8)
+    max_target_tokens: int = _f(64, "Targets are truncated to this many tokens.", min=1)
+    eval_every: int = _f(50, "Evaluate on the validation split every N steps.", min=1)
+    eval_examples: int = _f(64, "Validation examples used at each evaluation.", min=1)
+    save_every: int = _f(50, "Save a checkpoint every N steps.", min=1)
+    early_stopping_patience: int = _f(0, "Stop after N evaluations without improvement (0 = off).", min=0)
+    train_examples: int = _f(0, "Use at most N training examples (0 = all).", min=0)
+    seed: int = _f(42, "Random seed (data order, init, splits).")
+    trust_remote_code: bool = _f(False, "Allow the model folder's own Python code to run (only for models you trust).")
+
+    def __post_init__(self):
+        errors: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            enum_type = f.type if isinstance(f.type, type) and issubclass(f.type, enum.Enum) else _ENUMS.get(f.name)
+            if enum_type is not None:
+                try:
+                    setattr(self, f.name, enum_type(value))
+                except ValueError:
+                    choices = ", ".join(e.value for e in enum_type)
+                    errors[f.name] = f"{value!r} is not one of: {choices}."
+            elif "min" in f.metadata:
+                if not isinstance(value, int) or isinstance(value, bool):
+                    errors[f.name] = f"{value!r} is not a whole number."
+                elif value < f.metadata["min"] or value > f.metadata.get("max", math.inf):
+                    hi = f.metadata.get("max")
+                    rng = f"between {f.metadata['min']} and {hi}" if hi else f"at least {f.metadata['min']}"
+                    errors[f.name] = f"{value!r} is out of range: use a value {rng}."
+        for name in ("learning_rate", "max_grad_norm", "weight_decay"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                errors[name] = f"{value!r} is not a finite number."
+            elif value < 0 or (name == "learning_rate" and value == 0) or (name == "learning_rate" and value > 10):
+                errors[name] = f"{value!r} is out of range: use a positive value (typical: 1e-3 to 3e-1)." if name == "learning_rate" else f"{value!r} must not be negative."
+        if "{input}" not in (self.input_template or ""):
+            errors["input_template"] = f"{self.input_template!r} has no {{input}} placeholder: add {{input}} where the example goes."
+        if self.init == Init.TEXT and not (self.init_text or "").strip():
+            errors["init_text"] = "init=text needs init_text: the words whose embeddings start the prompt."
+        if self.init == Init.CLASS_LABEL and not [w for w in self.label_words if str(w).strip()]:
+            errors["label_words"] = "init=class-label needs label_words, e.g. positive, negative."
+        if not (self.task or "").strip():
+            errors["task"] = "is empty: name a built-in task or your dataset."
+        if errors:
+            raise ConfigError(errors)
+
+    def to_dict(self) -> dict:
+        return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in dataclasses.asdict(self).items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TuneConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError({k: "is not a config field (check its spelling)." for k in unknown})
+        return cls(**data)
+
+    def replace(self, **changes) -> "TuneConfig":
+        return TuneConfig.from_dict({**self.to_dict(), **changes})
+
+
+_ENUMS = {"method": Method, "init": Init, "encoder_type": EncoderType, "prompt_format": PromptFormat}
+
+
+def field_help(name: str) -> str:
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(TuneConfig) if f.name == name)

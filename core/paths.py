@@ -1,0 +1,86 @@
+"""Where the workbench keeps things, and run ids that can never leave the workspace."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class WorkbenchError(Exception):
+    """A problem the user can fix; the message names the problem and the fix."""
+
+
+def workspace() -> Path:
+    """The workspace root: $WORKBENCH_HOME, default ./workspace (created on demand)."""
+    home = Path(os.environ.get("WORKBENCH_HOME", "workspace")).expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def runs_dir() -> Path:
+    d = workspace() / "runs"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def model_cache_dir() -> Path:
+    """Converted model weights: $WORKBENCH_MODEL_CACHE, default <workspace>/models."""
+    env = os.environ.get("WORKBENCH_MODEL_CACHE")
+    d = Path(env).expanduser().resolve() if env else workspace() / "models"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def check_run_id(run_id: str) -> str:
+    """Return run_id if it is a plain folder name; raise WorkbenchError otherwise."""
+    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id) or ".." in run_id:
+        raise WorkbenchError(
+            f"Run id {run_id!r} is not valid: use 1-100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (no '/' and no '..')."
+        )
+    return run_id
+
+
+def run_path(run_id: str) -> Path:
+    """The folder of a run, guaranteed to sit directly inside the runs folder."""
+    root = runs_dir()
+    path = (root / check_run_id(run_id)).resolve()
+    if path.parent != root:
+        raise WorkbenchError(f"Run id {run_id!r} points outside the workspace {root}.")
+    return path
+
+
+def safe_filename(name: str) -> str:
+    """An uploaded file name reduced to a plain base name that stays inside its folder."""
+    base = os.path.basename(str(name).replace("\\", "/"))
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".")
+    return base[:100] or "upload"
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write JSON to a temp file in the same folder, fsync, then rename over the target."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path: Path, default=None):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return default

@@ -1,0 +1,154 @@
+"""Tasks: built-in datasets shipped with the project, and the user's own CSV / JSONL / Parquet.
+
+A task is a list of {"input", "target"} examples, split once into train / validation / test
+by a fixed seed (the split never depends on a run's seed, so test sets stay comparable),
+plus a default hard prompt and the metric that matters for it.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.paths import WorkbenchError, workspace
+
+DATA_DIR = Path(__file__).parent / "data" / "tasks"
+SPLIT_SEED = 1234
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    title: str
+    kind: str  # generation | qa | translation | label
+    main_metric: str
+    hard_prompt: str  # template with {input}
+    labels: tuple = ()
+    file: str = ""
+
+
+BUILTIN: dict[str, TaskSpec] = {t.name: t for t in [
+    TaskSpec("paraphrase", "Paraphrase a sentence", "generation", "rougeL",
+             "Rewrite the following sentence with different words, keeping its meaning.\n"
+             "Sentence: {input}\nParaphrase:", file="paraphrase.jsonl"),
+    TaskSpec("summarisation", "Summarise a short paragraph in one sentence", "generation", "rougeL",
+             "Summarise the following paragraph in one sentence.\n\n{input}\n\nSummary:",
+             file="summarisation.jsonl"),
+    TaskSpec("qa", "Short-answer question answering with a context", "qa", "token_f1",
+             "Answer the question with a short phrase copied from the context.\n\n{input}\nAnswer:",
+             file="qa.jsonl"),
+    TaskSpec("translation", "English to French translation", "translation", "chrf",
+             "Translate the following English sentence into French.\nEnglish: {input}\nFrench:",
+             file="translation.jsonl"),
+    TaskSpec("sentiment", "Sentiment of a movie-review sentence", "label", "accuracy",
+             "Is the sentiment of this movie review positive or negative? Answer with one word.\n\n"
+             "Review: {input}\nSentiment:", labels=("positive", "negative"), file="sentiment.jsonl"),
+]}
+
+
+@dataclass
+class TaskData:
+    spec: TaskSpec
+    train: list = field(default_factory=list)  # [{"input": str, "target": str}]
+    validation: list = field(default_factory=list)
+    test: list = field(default_factory=list)
+
+    def split(self, name: str) -> list:
+        if name not in ("train", "validation", "test"):
+            raise WorkbenchError(f"Split {name!r} does not exist: use train, validation or test.")
+        return getattr(self, name)
+
+
+def load_records(path: str | Path, input_column: str = "input", target_column: str = "target") -> list[dict]:
+    """Read a CSV / JSONL / Parquet file with `datasets` and map two columns to input/target."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WorkbenchError(f"Data file {str(path)!r} does not exist: check the path.")
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise WorkbenchError(
+            f"Data file {path.name!r} has an unsupported type {path.suffix!r}: use .csv, .jsonl or .parquet."
+        )
+    if path.stat().st_size == 0:
+        raise WorkbenchError(f"Data file {path.name!r} is empty: it needs a header/keys and at least one row.")
+    ds = _read_dataset(path, fmt)
+    missing = [c for c in (input_column, target_column) if c not in ds.column_names]
+    if missing:
+        raise WorkbenchError(
+            f"Data file {path.name!r} has no column {', '.join(map(repr, missing))}; its columns are "
+            f"{ds.column_names}. Map the input and target to existing columns."
+        )
+    rows = [
+        {"input": _text(r[input_column]), "target": _text(r[target_column])}
+        for r in ds.select_columns([input_column, target_column])
+    ]
+    rows = [r for r in rows if r["input"].strip() and r["target"].strip()]
+    if not rows:
+        raise WorkbenchError(f"Data file {path.name!r} has no rows with both a non-empty input and target.")
+    return rows
+
+
+def _read_dataset(path: Path, fmt: str):
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(
+            fmt, data_files=str(path), split="train", cache_dir=str(workspace() / "cache" / "datasets"),
+        )
+    except Exception as e:  # datasets wraps parser errors in several exception types
+        cause = e
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, UnicodeDecodeError):
+            raise WorkbenchError(
+                f"Data file {path.name!r} is not UTF-8 text: re-save it as UTF-8 and upload it again."
+            ) from e
+        raise WorkbenchError(
+            f"Data file {path.name!r} could not be read as {fmt.upper()}: {str(cause).splitlines()[0][:200]}. "
+            "Check that every line/row is well formed."
+        ) from e
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value)
+
+
+def split_records(rows: list[dict], seed: int = SPLIT_SEED) -> tuple[list, list, list]:
+    """Deterministic train/validation/test split (80/10/10, at least one example each when possible)."""
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    n = len(rows)
+    n_val = max(1, round(n * SPLIT_FRACTIONS[1])) if n >= 3 else 0
+    n_test = max(1, round(n * SPLIT_FRACTIONS[2])) if n >= 3 else 0
+    n_train = n - n_val - n_test
+    return rows[:n_train], rows[n_train:n_train + n_val], rows[n_train + n_val:]
+
+
+def load_task(name: str, data_path: str | None = None, input_column: str = "input",
+              target_column: str = "target") -> TaskData:
+    """A built-in task by name, or the user's data file under the given task name."""
+    if data_path:
+        rows = load_records(data_path, input_column, target_column)
+        spec = BUILTIN.get(name) or TaskSpec(name, name, "generation", "rougeL", "{input}")
+    else:
+        if name not in BUILTIN:
+            raise WorkbenchError(
+                f"Task {name!r} is not built in: choose one of {', '.join(BUILTIN)} or give a data file."
+            )
+        spec = BUILTIN[name]
+        rows = load_records(DATA_DIR / spec.file)
+    train, val, test = split_records(rows)
+    return TaskData(spec=spec, train=train, validation=val, test=test)
+
+
+def few_shot_template(task: TaskData, k: int, seed: int = 0) -> str:
+    """The task's hard prompt preceded by k solved training examples."""
+    if k < 0 or k > len(task.train):
+        raise WorkbenchError(f"k={k} few-shot examples is out of range: use 0 to {len(task.train)}.")
+    shots = random.Random(seed).sample(task.train, k)
+    head, _, tail = task.spec.hard_prompt.partition("{input}")
+    blocks = [f"{head}{s['input']}{tail} {s['target']}" for s in shots]
+    return "\n\n".join(blocks + [task.spec.hard_prompt])

@@ -1,0 +1,73 @@
+"""Shared fixtures: a private workspace per test, the bundled tokenizer, and a tiny llama.
+
+The bundled model is converted to safetensors once into <repo>/workspace/models (shared with
+the app), so only the first test session pays the ~20 s conversion.
+"""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("WORKBENCH_MODEL_CACHE", str(REPO / "workspace" / "models"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A fresh, empty workspace for this test."""
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "ws"))
+    return tmp_path / "ws"
+
+
+@pytest.fixture(scope="session")
+def bundled_dir():
+    from core.models import resolve_model_dir
+    return resolve_model_dir("smollm2-135m-instruct")[0]
+
+
+@pytest.fixture(scope="session")
+def tokenizer(bundled_dir):
+    from transformers import AutoTokenizer
+    from core.models import prepare_tokenizer
+    tok = AutoTokenizer.from_pretrained(bundled_dir)
+    prepare_tokenizer(tok)
+    return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A 2-layer llama with 16-dim embeddings over the real vocabulary, saved as a model folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(cfg)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture
+def toy_data(tmp_path):
+    """A small JSONL task the tiny model can overfit: echo a word after a fixed cue."""
+    words = ["apple", "river", "stone", "cloud", "music", "garden", "window", "pencil", "candle", "forest",
+             "bridge", "tiger", "orange", "silver", "planet", "rocket", "castle", "dragon", "winter", "summer"]
+    path = tmp_path / "toy.jsonl"
+    path.write_text("\n".join(json.dumps({"input": f"Say {w}", "target": w}) for w in words) + "\n")
+    return str(path)
+
+
+def tiny_config(model_dir, data_path, **kw):
+    from core.config import TuneConfig
+    base = dict(model=model_dir, task="toy", data_path=data_path, num_virtual_tokens=4, max_steps=6,
+                batch_size=4, eval_every=3, save_every=3, eval_examples=2, learning_rate=0.05,
+                max_input_tokens=48, max_target_tokens=8, warmup_steps=0, prompt_format="plain")
+    base.update(kw)
+    return TuneConfig(**base)
