@@ -1,0 +1,29 @@
+"""Load a run's soft prompt on its base model for generation."""
+from __future__ import annotations
+
+from peft import PeftModel
+
+from core.formatting import Formatter
+from core.models import freeze, load_model
+from core.paths import WorkbenchError
+from core.runs import Run
+
+
+def load_run_model(run_id: str, which: str | None = None):
+    """(PeftModel, Formatter) for a run's final adapter, or a checkpoint folder name (`which`)."""
+    run = Run.open(run_id)
+    cfg = run.config()
+    folder = run.adapter_dir if which is None else run.checkpoints_dir / which
+    if not (folder / "adapter_config.json").exists():
+        raise WorkbenchError(f"Run {run_id!r} has no adapter yet ({folder.name}): wait for it to finish or resume it.")
+    lm = load_model(cfg.model, cfg.trust_remote_code)
+    try:
+        model = PeftModel.from_pretrained(lm.model, str(folder), is_trainable=False)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise WorkbenchError(
+            f"The adapter of run {run_id!r} does not fit model {cfg.model!r}: {str(e).splitlines()[0][:200]}"
+        ) from e
+    freeze(model)
+    fmt = Formatter(lm.tokenizer, cfg.prompt_format.value, cfg.input_template, cfg.max_input_tokens,
+                    cfg.max_target_tokens)
+    return model, fmt

@@ -1,0 +1,198 @@
+"""Train a soft prompt with Hugging Face `Trainer` on the PEFT model: setup -> sanity -> fit.
+
+The run folder is the only output: callbacks write status.json (atomically) and
+metrics.jsonl; Trainer writes checkpoints/ (PEFT adapters); the final adapter goes to adapter/.
+SIGTERM asks the loop to save a checkpoint and stop cleanly (state `cancelled`).
+A non-finite loss stops the run with state `failed` and a message.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+import warnings
+from typing import Callable
+
+import torch
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+
+from core.config import TuneConfig
+from core.formatting import EncodedDataset, Formatter, PadCollator
+from core.methods import build_peft_model
+from core.models import load_model
+from core.paths import WorkbenchError
+from core.runs import Run
+from core.tasks import load_task
+
+SAMPLE_EVERY_EVAL = 3
+warnings.filterwarnings("ignore", message="Position ids are not supported")  # validation inputs generated at each evaluation, for a look at progress
+
+
+class RunCallback(TrainerCallback):
+    """Mirror Trainer's progress into the run folder; honour cancel requests and NaN losses."""
+
+    def __init__(self, run: Run, formatter: Formatter, samples: list[dict], progress: Callable | None = None):
+        self.run, self.formatter, self.samples, self.progress = run, formatter, samples, progress
+        self.stop_requested = False
+        self.failure: str | None = None
+        self.t0 = time.time()
+        self.step0 = 0
+        self.last_write = 0.0
+        self.last_loss = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0, self.step0 = time.time(), state.global_step
+        self._status(state, force=True)
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.stop_requested:
+            control.should_save = True
+            control.should_training_stop = True
+        self._status(state, force=self.stop_requested)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = dict(logs or {})
+        if not state.is_world_process_zero:
+            return
+        if "loss" in logs:
+            self.last_loss = logs["loss"]
+            if not math.isfinite(float(logs["loss"])):
+                self.failure = (f"The training loss became {logs['loss']} at step {state.global_step}: lower the "
+                                "learning rate (or the gradient clipping norm) and start again.")
+                control.should_training_stop = True
+        kind = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        if kind == "train" and "loss" not in logs:
+            return  # the end-of-training summary
+        self.run.log_metrics({"kind": kind, "step": state.global_step, "time": time.time(), **logs})
+
+    def on_evaluate(self, args, state, control, model=None, **kw):
+        if state.is_world_process_zero and self.samples and model is not None:
+            outs = generate_texts(model, self.formatter, [s["input"] for s in self.samples], max_new_tokens=32)
+            rows = [{"input": s["input"], "target": s["target"], "output": o} for s, o in zip(self.samples, outs)]
+            self.run.log_metrics({"kind": "samples", "step": state.global_step, "time": time.time(), "samples": rows})
+
+    def _status(self, state, force=False):
+        now = time.time()
+        if not state.is_world_process_zero or (not force and now - self.last_write < 0.5):
+            return
+        self.last_write = now
+        done = state.global_step - self.step0
+        rate = (now - self.t0) / done if done else None
+        eta = rate * (state.max_steps - state.global_step) if rate else None
+        st = self.run.set_status(state="running", step=state.global_step, total=state.max_steps,
+                                 loss=self.last_loss, eta=eta, sec_per_step=rate)
+        if self.progress:
+            self.progress(st)
+
+
+@torch.no_grad()
+def generate_texts(model, formatter: Formatter, inputs: list[str], max_new_tokens: int = 64,
+                   batch_size: int = 8) -> list[str]:
+    """Greedy generation, batching only prompts of equal length.
+
+    PEFT's soft-prompt models ignore position ids, so a left-padded row would be shifted in
+    position and decode differently from the same prompt alone; equal-length batches need no
+    padding and give exactly the unbatched tokens.
+    """
+    tok = formatter.tokenizer
+    was_training = model.training
+    model.eval()
+    prompts = [formatter.prompt_ids(x) for x in inputs]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    outs: list[str] = [""] * len(prompts)
+    i = 0
+    while i < len(order):
+        group = [order[i]]
+        while (len(group) < batch_size and i + len(group) < len(order)
+               and len(prompts[order[i + len(group)]]) == len(prompts[order[i]])):
+            group.append(order[i + len(group)])
+        input_ids = torch.tensor([prompts[j] for j in group], device=model.device)  # (B, T)
+        gen = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        texts = tok.batch_decode(gen[:, input_ids.shape[1]:], skip_special_tokens=False)
+        for j, text in zip(group, texts):
+            outs[j] = formatter.clean_output(text)
+        i += len(group)
+    if was_training:
+        model.train()
+    return outs
+
+
+def training_args(cfg: TuneConfig, run: Run) -> TrainingArguments:
+    early = cfg.early_stopping_patience > 0
+    return TrainingArguments(
+        output_dir=str(run.checkpoints_dir), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+        warmup_steps=min(cfg.warmup_steps, cfg.max_steps), max_grad_norm=cfg.max_grad_norm,
+        lr_scheduler_type="linear", logging_steps=1, logging_nan_inf_filter=False,
+        eval_strategy="steps", eval_steps=cfg.eval_every, eval_on_start=True, save_strategy="steps",
+        save_steps=cfg.eval_every if early else cfg.save_every, load_best_model_at_end=early,
+        metric_for_best_model="eval_loss" if early else None, greater_is_better=False if early else None,
+        seed=cfg.seed, data_seed=cfg.seed, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length", remove_unused_columns=False, label_names=["labels"],
+        save_only_model=False, use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def sanity_check(model, collator, dataset) -> float:
+    """One forward pass on a first batch before training: the loss must be finite."""
+    batch = collator([dataset[i] for i in range(min(2, len(dataset)))])
+    with torch.no_grad():
+        loss = model(**{k: v.to(model.device) for k, v in batch.items()}).loss.item()
+    if not math.isfinite(loss):
+        raise WorkbenchError(f"The first batch already gives a loss of {loss}: check the data and the model.")
+    return loss
+
+
+def train(run: Run, resume: bool = False, progress: Callable | None = None) -> dict:
+    """Train (or resume) the run in this process; returns the final status."""
+    cfg = run.config()
+    checkpoint = run.last_checkpoint() if resume else None
+    if resume and checkpoint is None and run.checkpoints():
+        raise WorkbenchError(f"Run {run.id!r} has no complete checkpoint to resume from: start it again.")
+    run.set_status(state="running", pid=os.getpid(), error=None, started=time.time())
+    t0 = time.time()
+    try:
+        trainer, callback = setup(run, cfg, progress)
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except WorkbenchError as e:
+        return run.set_status(state="failed", error=str(e))
+    except Exception as e:  # an unexpected failure: keep the message for the status view
+        run.set_status(state="failed", error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    elapsed = (run.status().get("elapsed") or 0) + time.time() - t0
+    if callback.failure:
+        return run.set_status(state="failed", error=callback.failure, elapsed=elapsed)
+    trainer.model.save_pretrained(str(run.adapter_dir))
+    state = "cancelled" if callback.stop_requested else "completed"
+    return run.set_status(state=state, step=trainer.state.global_step, eta=0, elapsed=elapsed, pid=None)
+
+
+def setup(run: Run, cfg: TuneConfig, progress: Callable | None):
+    set_seed(cfg.seed)
+    task = load_task(cfg.task, cfg.data_path, cfg.input_column, cfg.target_column)
+    train_rows = task.train[: cfg.train_examples] if cfg.train_examples else task.train
+    if cfg.batch_size > len(train_rows):
+        raise WorkbenchError(f"batch_size {cfg.batch_size} is larger than the {len(train_rows)} training "
+                             f"examples: use a batch size of at most {len(train_rows)}.")
+    lm = load_model(cfg.model, cfg.trust_remote_code)
+    fmt = Formatter(lm.tokenizer, cfg.prompt_format.value, cfg.input_template, cfg.max_input_tokens,
+                    cfg.max_target_tokens)
+    model = build_peft_model(lm.model, lm.tokenizer, cfg, lm.path)
+    train_ds = EncodedDataset(train_rows, fmt)
+    eval_ds = EncodedDataset(task.validation[: cfg.eval_examples], fmt)
+    collator = PadCollator(lm.tokenizer.pad_token_id)
+    sanity_check(model, collator, train_ds)
+    callback = RunCallback(run, fmt, task.validation[:SAMPLE_EVERY_EVAL], progress)
+    callbacks = [callback]
+    if cfg.early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+        callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience))
+    trainer = Trainer(model=model, args=training_args(cfg, run), train_dataset=train_ds,
+                      eval_dataset=eval_ds if len(eval_ds) else None, data_collator=collator, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # our callback reports progress; no raw dicts on stdout
+    signal.signal(signal.SIGTERM, lambda *_: setattr(callback, "stop_requested", True))
+    return trainer, callback

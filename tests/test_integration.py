@@ -1,0 +1,86 @@
+"""The real bundled model (SmolLM2-135M-Instruct), a few steps per method."""
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from core import training
+from core.generation import load_run_model
+from core.runs import new_run
+from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.integration
+METHODS = {
+    "prompt-tuning": dict(method="prompt-tuning", init="sample-vocab", learning_rate=0.1),
+    "p-tuning": dict(method="p-tuning", encoder_type="mlp", learning_rate=0.01, encoder_hidden_size=64),
+    "prefix-tuning": dict(method="prefix-tuning", learning_rate=0.05),
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, toy_data_module):
+    """One short run per method on the bundled model, in one module-wide workspace."""
+    import os
+    home = tmp_path_factory.mktemp("ws")
+    old = os.environ.get("WORKBENCH_HOME")
+    os.environ["WORKBENCH_HOME"] = str(home)
+    runs = {}
+    for name, kw in METHODS.items():
+        cfg = tiny_config("smollm2-135m-instruct", toy_data_module, max_steps=8, eval_every=8, save_every=4,
+                          num_virtual_tokens=8, **kw)
+        run = new_run(cfg)
+        runs[name] = (run, training.train(run))
+    yield runs
+    if old is None:
+        os.environ.pop("WORKBENCH_HOME")
+    else:
+        os.environ["WORKBENCH_HOME"] = old
+
+
+@pytest.fixture(scope="module")
+def toy_data_module(tmp_path_factory):
+    words = ["apple", "river", "stone", "cloud", "music", "garden", "window", "pencil", "candle", "forest",
+             "bridge", "tiger", "orange", "silver", "planet", "rocket", "castle", "dragon", "winter", "summer"]
+    path = tmp_path_factory.mktemp("data") / "echo.jsonl"
+    path.write_text("\n".join(json.dumps({"input": f"Echo the word: {w}", "target": f"{w} {w}"}) for w in words))
+    return str(path)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_each_method_runs_and_the_validation_loss_goes_down(trained, method):
+    run, st = trained[method]
+    assert st["state"] == "completed", st.get("error")
+    evals = [m["eval_loss"] for m in run.metrics() if m["kind"] == "eval"]
+    assert len(evals) == 2  # before training (step 0) and at the end
+    assert evals[-1] < evals[0] * 0.8, evals
+    assert [c.name for c in run.checkpoints()] == ["checkpoint-4", "checkpoint-8"]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_peft_round_trip_gives_the_same_greedy_output(trained, bundled_dir, method):
+    run, _ = trained[method]
+    ours, fmt = load_run_model(run.id)
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(bundled_dir), str(run.adapter_dir))
+    plain.eval()
+    ids = torch.tensor([fmt.prompt_ids("Echo the word: tiger")])
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=fmt.tokenizer.pad_token_id)
+    a = ours.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kw)
+    b = plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kw)
+    assert a.tolist() == b.tolist()
+    if method != "prefix-tuning":  # PEFT's prefix tuning only works through the key/value cache
+        c = plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **kw)
+        assert c.tolist() == a.tolist()
+    texts = training.generate_texts(ours, fmt, ["Echo the word: tiger", "Echo the word: a much longer river"],
+                                    max_new_tokens=6)
+    assert texts[0] == fmt.clean_output(fmt.tokenizer.decode(a[0, ids.shape[1]:]))
+
+
+def test_resume_on_the_real_model_continues_from_the_checkpoint(trained):
+    run, _ = trained["prompt-tuning"]
+    (run.path / "config.json").write_text(json.dumps({**run.config().to_dict(), "max_steps": 10}))
+    st = training.train(run, resume=True)
+    assert st["state"] == "completed" and st["step"] == 10
+    steps = [m["step"] for m in run.metrics() if m["kind"] == "train"]
+    assert steps == list(range(1, 11))

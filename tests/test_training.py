@@ -1,0 +1,94 @@
+"""End-to-end training on a tiny llama: asserts on the files a run writes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+import core.training as training
+from core.runs import Run, list_runs, new_run
+from tests.conftest import REPO, tiny_config
+
+
+def test_run_writes_status_metrics_checkpoints_and_a_peft_adapter(home, tiny_model_dir, toy_data):
+    run = new_run(tiny_config(tiny_model_dir, toy_data))
+    seen = []
+    st = training.train(run, progress=seen.append)
+    assert st["state"] == "completed" and st["step"] == 6 and st["error"] is None
+    assert seen and seen[-1]["step"] <= 6
+    assert json.loads((run.path / "config.json").read_text())["num_virtual_tokens"] == 4
+    kinds = [m["kind"] for m in run.metrics()]
+    assert kinds.count("train") == 6
+    assert [m["step"] for m in run.metrics() if m["kind"] == "eval"] == [0, 3, 6]  # before training, then every 3
+    assert kinds.count("samples") == 3
+    assert [p.name for p in run.checkpoints()] == ["checkpoint-3", "checkpoint-6"]
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(run.adapter_dir))
+    # plain PEFT loads the adapter folder
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft = PeftModel.from_pretrained(base, str(run.adapter_dir))
+    assert peft.peft_config["default"].num_virtual_tokens == 4
+    assert list_runs()[0]["id"] == run.id and list_runs()[0]["best_eval_loss"] is not None
+
+
+def test_resume_continues_from_the_saved_step(home, tiny_model_dir, toy_data):
+    run = new_run(tiny_config(tiny_model_dir, toy_data, max_steps=3))
+    assert training.train(run)["step"] == 3
+    # extend the run: resume must start at step 3, not at 0
+    (run.path / "config.json").write_text(json.dumps({**run.config().to_dict(), "max_steps": 6}))
+    st = training.train(run, resume=True)
+    assert st["state"] == "completed" and st["step"] == 6
+    steps = [m["step"] for m in run.metrics() if m["kind"] == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_nan_loss_stops_the_run_with_a_message(home, tiny_model_dir, toy_data, monkeypatch):
+    class Poison(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if state.global_step == 2:
+                with torch.no_grad():
+                    for p in model.parameters():
+                        if p.requires_grad:
+                            p.fill_(float("nan"))
+
+    real_setup = training.setup
+
+    def setup(*a, **kw):
+        trainer, cb = real_setup(*a, **kw)
+        trainer.add_callback(Poison())
+        return trainer, cb
+    monkeypatch.setattr(training, "setup", setup)
+    run = new_run(tiny_config(tiny_model_dir, toy_data))
+    st = training.train(run)
+    assert st["state"] == "failed" and "nan" in st["error"].lower() and "learning rate" in st["error"]
+    assert st["step"] < 6
+    assert Run.open(run.id).status()["state"] == "failed"
+
+
+def test_sigterm_saves_a_checkpoint_and_ends_cancelled(home, tiny_model_dir, toy_data):
+    run = new_run(tiny_config(tiny_model_dir, toy_data, max_steps=400, eval_every=400, save_every=400))
+    env = {**os.environ, "WORKBENCH_HOME": str(home), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "tune", "--run-dir", str(run.path)],
+                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 90
+    while time.time() < deadline and (run.status().get("step") or 0) < 3:
+        time.sleep(0.2)
+    assert run.status()["state"] == "running"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()[-2000:]
+    st = run.status()
+    assert st["state"] == "cancelled" and 3 <= st["step"] < 400
+    assert run.last_checkpoint().name == f"checkpoint-{st['step']}"
+    assert (run.adapter_dir / "adapter_model.safetensors").exists()
+
+
+def test_killed_run_shows_as_interrupted(home, tiny_model_dir, toy_data):
+    run = new_run(tiny_config(tiny_model_dir, toy_data))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run.set_status(state="running", pid=dead.pid)
+    assert run.status()["state"] == "interrupted"
