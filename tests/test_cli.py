@@ -1,0 +1,68 @@
+"""The headless CLI: flags generated from the config, clear errors, runs listing, generate."""
+import json
+
+import pytest
+
+from core.runs import list_runs
+from workbench.cli import main, parser
+from tests.conftest import tiny_config
+
+
+def test_tune_flags_mirror_the_config_with_aliases():
+    a = parser().parse_args(["tune", "--task", "qa", "--method", "p-tuning", "--virtual-tokens", "30",
+                             "--steps", "5", "--learning-rate", "0.01", "--label-words", "yes", "no",
+                             "--prefix-projection", "true"])
+    assert (a.task, a.method, a.num_virtual_tokens, a.max_steps) == ("qa", "p-tuning", 30, 5)
+    assert a.learning_rate == 0.01 and a.label_words == ["yes", "no"] and a.prefix_projection is True
+
+
+def test_bad_config_exits_2_naming_every_bad_flag(home, capsys):
+    assert main(["tune", "--learning-rate", "-1", "--virtual-tokens", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--learning-rate: -1" in err and "--num-virtual-tokens: 0" in err
+    assert list_runs() == []  # nothing was created
+
+
+def test_missing_model_folder_fails_the_run_with_the_fix(home, capsys, toy_data):
+    assert main(["tune", "--model", "/no/such/model", "--task", "toy", "--data-path", toy_data,
+                 "--steps", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "bundled model" in err
+    assert list_runs()[0]["state"] == "failed"
+
+
+def test_tune_runs_then_lists_then_generates(home, capsys, tiny_model_dir, toy_data):
+    cfg = tiny_config(tiny_model_dir, toy_data, max_steps=2, eval_every=2, save_every=2)
+    args = ["tune", "--run-id", "cli-run"] + _flags(cfg)
+    assert main(args) == 0
+    assert "cli-run: completed at step 2" in capsys.readouterr().out
+    assert main(["runs", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["id"] == "cli-run" and rows[0]["state"] == "completed"
+    assert main(["generate", "--run", "cli-run", "--input", "Say apple", "--max-new-tokens", "3"]) == 0
+    from core.generation import load_run_model
+    from core.training import generate_texts
+    model, fmt = load_run_model("cli-run")
+    assert capsys.readouterr().out == generate_texts(model, fmt, ["Say apple"], max_new_tokens=3)[0] + "\n"
+
+
+@pytest.mark.parametrize("cmd", [["generate", "--run", "../etc", "--input", "x"], ["resume", "--run", "nope"],
+                                 ["cancel", "--run", "nope"], ["delete", "--run", "a/b"]])
+def test_bad_run_ids_get_a_message_not_a_traceback(home, capsys, cmd):
+    assert main(cmd) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_import_adapter_round_trip(home, capsys, tiny_model_dir, toy_data, tmp_path):
+    assert main(["tune", "--run-id", "src"] + _flags(tiny_config(tiny_model_dir, toy_data, max_steps=1))) == 0
+    from core.runs import Run
+    src = Run.open("src").adapter_dir
+    assert main(["import-adapter", str(src), "--model", tiny_model_dir, "--task", "toy"]) == 0
+    imported = [r for r in list_runs() if r["id"] != "src"][0]
+    assert imported["state"] == "completed" and imported["tokens"] == 4
+    assert main(["import-adapter", str(tmp_path)]) == 2
+    assert "not a PEFT adapter folder" in capsys.readouterr().err
+
+
+def _flags(cfg):
+    return [f"--{k.replace('_', '-')}={v}" for k, v in cfg.to_dict().items() if v is not None and not isinstance(v, list)]

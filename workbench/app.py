@@ -1,0 +1,21 @@
+"""Streamlit entry point: `streamlit run workbench/app.py`.
+
+`streamlit run` puts only this file's folder on sys.path, so the repo root is added first;
+pages are registered with absolute paths through st.navigation.
+"""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+PAGES = [
+    ("home.py", "Home", ":material/home:"),
+]
+
+st.set_page_config(page_title="Soft Prompt Workbench", page_icon=":material/tune:", layout="wide")
+nav = st.navigation([st.Page(str(ROOT / "pages" / f), title=t, icon=i) for f, t, i in PAGES])
+nav.run()

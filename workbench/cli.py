@@ -1,0 +1,170 @@
+"""Headless entry point: `python -m workbench tune|resume|runs|generate|cancel|delete|import-adapter`.
+
+The tune flags are generated from TuneConfig, so the CLI, the form and the saved run agree.
+The app starts runs through this same entry point (`tune --run-dir`), in their own process.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from core.config import ConfigError, TuneConfig
+from core.paths import WorkbenchError
+
+ALIASES = {"max_steps": ["--steps"], "num_virtual_tokens": ["--virtual-tokens"]}
+
+
+def _bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{s!r} is not true/false")
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    defaults = TuneConfig()
+    for f in dataclasses.fields(TuneConfig):
+        default = getattr(defaults, f.name)
+        kind = {bool: _bool, int: int, float: float}.get(type(default), str)
+        flags = [f"--{f.name.replace('_', '-')}"] + ALIASES.get(f.name, [])
+        extra = {"nargs": "*"} if isinstance(default, list) else {}
+        shown = getattr(default, "value", default)
+        p.add_argument(*flags, dest=f.name, type=kind, default=argparse.SUPPRESS,
+                       help=f"{f.metadata.get('help', '')} (default: {shown})", **extra)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m workbench", description="Soft Prompt Workbench (headless).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    tune = sub.add_parser("tune", help="train a soft prompt (creates a run folder)")
+    tune.add_argument("--run-dir", help="train an existing run folder (as the app does)")
+    tune.add_argument("--run-id", help="name for the new run (default: date-task-method)")
+    add_config_flags(tune)
+    res = sub.add_parser("resume", help="resume a cancelled / failed / interrupted run from its last checkpoint")
+    res.add_argument("--run", required=True)
+    sub.add_parser("runs", help="list runs").add_argument("--json", action="store_true")
+    gen = sub.add_parser("generate", help="print the soft-prompted output for an input")
+    gen.add_argument("--run", required=True)
+    gen.add_argument("--input", required=True, action="append", help="repeat for several inputs")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    for name, helptext in (("cancel", "stop a running run (it saves and ends as cancelled)"), ("delete", "delete a run")):
+        sub.add_parser(name, help=helptext).add_argument("--run", required=True)
+    imp = sub.add_parser("import-adapter", help="import a PEFT soft-prompt adapter folder as a run")
+    imp.add_argument("path")
+    imp.add_argument("--model", default="smollm2-135m-instruct")
+    imp.add_argument("--task", default="imported")
+    return p
+
+
+def _progress_printer(total: int):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+
+    def update(st: dict):
+        bar.total = st.get("total") or bar.total
+        bar.n = st.get("step", 0)
+        if st.get("loss") is not None:
+            bar.set_postfix(loss=f"{st['loss']:.4f}")
+        bar.refresh()
+    return update, bar
+
+
+def _train(run, resume: bool) -> int:
+    from core.training import train
+
+    update, bar = _progress_printer(run.config().max_steps)
+    st = train(run, resume=resume, progress=update)
+    bar.close()
+    print(f"run {run.id}: {st['state']} at step {st.get('step')} -> {run.path}")
+    if st.get("error"):
+        print(f"error: {st['error']}", file=sys.stderr)
+    return 0 if st["state"] in ("completed", "cancelled") else 1
+
+
+def cmd_tune(a) -> int:
+    from core.runs import Run, new_run
+
+    if a.run_dir:
+        path = Path(a.run_dir).resolve()
+        return _train(Run.open(path.name) if path.parent.name == "runs" else _outside(path), resume=False)
+    values = {f.name: getattr(a, f.name) for f in dataclasses.fields(TuneConfig) if hasattr(a, f.name)}
+    run = new_run(TuneConfig(**values), a.run_id)
+    print(f"run {run.id} created in {run.path}")
+    return _train(run, resume=False)
+
+
+def _outside(path: Path):
+    raise WorkbenchError(f"{str(path)!r} is not a run folder inside the workspace's runs/ folder.")
+
+
+def cmd_runs(a) -> int:
+    from core.runs import list_runs
+
+    rows = list_runs()
+    if a.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no runs yet: start one with `python -m workbench tune --task paraphrase`")
+    else:
+        cols = ["id", "task", "method", "tokens", "state", "step", "steps", "best_eval_loss"]
+        print("  ".join(f"{c:<14}" if c != "id" else f"{c:<44}" for c in cols))
+        for r in rows:
+            cells = [str(r[c] if not isinstance(r[c], float) else f"{r[c]:.4f}") for c in cols]
+            print("  ".join(f"{x:<14}" if i else f"{x:<44}" for i, x in enumerate(cells)))
+    return 0
+
+
+def cmd_generate(a) -> int:
+    from core.generation import load_run_model
+    from core.training import generate_texts
+
+    model, fmt = load_run_model(a.run)
+    for text, out in zip(a.input, generate_texts(model, fmt, a.input, max_new_tokens=a.max_new_tokens)):
+        print(out if len(a.input) == 1 else f"> {text}\n{out}\n")
+    return 0
+
+
+def cmd_cancel(a) -> int:
+    from core.runs import Run
+
+    st = Run.open(a.run).status()
+    if st.get("state") != "running" or not st.get("pid"):
+        raise WorkbenchError(f"Run {a.run!r} is not running (state: {st.get('state')}).")
+    os.kill(int(st["pid"]), signal.SIGTERM)
+    print(f"asked run {a.run} to save and stop")
+    return 0
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    try:
+        if a.cmd == "tune":
+            return cmd_tune(a)
+        if a.cmd == "resume":
+            from core.runs import Run
+            return _train(Run.open(a.run), resume=True)
+        if a.cmd == "delete":
+            from core.runs import delete_run
+            delete_run(a.run)
+            return 0
+        if a.cmd == "import-adapter":
+            from core.runs import import_adapter
+            print(f"imported as run {import_adapter(a.path, a.model, a.task).id}")
+            return 0
+        return {"runs": cmd_runs, "generate": cmd_generate, "cancel": cmd_cancel}[a.cmd](a)
+    except ConfigError as e:
+        for k, v in e.errors.items():
+            print(f"error: --{k.replace('_', '-')}: {v}", file=sys.stderr)
+        return 2
+    except WorkbenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
