@@ -1,0 +1,37 @@
+"""Home: what the workbench does, the bundled model, the built-in tasks and the latest runs."""
+import pandas as pd
+import streamlit as st
+
+from core.models import DEFAULT_MODEL
+from core.paths import WorkbenchError, workspace
+from workbench.state import builtin_tasks, runs_table, task_preview
+
+st.title("Soft Prompt Workbench")
+st.write(
+    "Train soft prompts for a frozen language model (prompt tuning, P-tuning, prefix tuning), "
+    "compare them with hand-written prompts, and see where the learned prompt vectors sit among "
+    "the model's vocabulary embeddings."
+)
+st.caption(f"Bundled model: **{DEFAULT_MODEL}** (SmolLM2-135M-Instruct, runs offline on CPU). "
+           f"Workspace: `{workspace()}`")
+
+st.subheader("Built-in tasks")
+rows = []
+for name in builtin_tasks():
+    try:
+        info = task_preview(name)
+    except WorkbenchError as e:
+        st.warning(f"Task {name}: {e}")
+        continue
+    rows.append({"task": name, "train": info["train"], "validation": info["validation"], "test": info["test"],
+                 "metric": info["metric"], "example input": info["example"]["input"][:80],
+                 "example target": info["example"]["target"][:60]})
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="home_tasks")
+
+st.subheader("Runs")
+runs = runs_table()
+if not runs:
+    st.info("No runs yet. Start one from a terminal: "
+            "`python -m workbench tune --task paraphrase --virtual-tokens 20 --steps 200`")
+else:
+    st.dataframe(pd.DataFrame(runs), hide_index=True, width="stretch", key="home_runs")
