@@ -18,7 +18,7 @@ from pathlib import Path
 from core.config import TuneConfig
 from core.paths import WorkbenchError, check_run_id, read_json, run_path, runs_dir, write_json_atomic
 
-ACTIVE = ("queued", "running")
+ACTIVE = ("queued", "starting", "running")
 PROMPT_PEFT_TYPES = {"PROMPT_TUNING": "prompt-tuning", "P_TUNING": "p-tuning", "PREFIX_TUNING": "prefix-tuning"}
 
 
@@ -48,9 +48,9 @@ class Run:
     def status(self) -> dict:
         """The status file, with a run whose process died mid-way reported as `interrupted`."""
         st = read_json(self.path / "status.json", default={}) or {}
-        if st.get("state") == "running" and not _alive(st.get("pid")):
-            st = {**st, "state": "interrupted",
-                  "error": "The training process ended without finishing; resume it from its last checkpoint."}
+        if st.get("state") in ("running", "starting") and not _alive(st.get("pid")):
+            st = {**st, "state": "interrupted", "error": "The training process ended without finishing (its output is in log.txt in the "
+                           "run folder); resume it from its last checkpoint."}
         return st
 
     def set_status(self, **fields) -> dict:

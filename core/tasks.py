@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.paths import WorkbenchError, workspace
+from core.paths import WorkbenchError, safe_filename, workspace
 
 DATA_DIR = Path(__file__).parent / "data" / "tasks"
 SPLIT_SEED = 1234
@@ -88,6 +88,25 @@ def load_records(path: str | Path, input_column: str = "input", target_column: s
     if not rows:
         raise WorkbenchError(f"Data file {path.name!r} has no rows with both a non-empty input and target.")
     return rows
+
+
+def peek(path: str | Path, n: int = 5) -> tuple[list[str], list[dict]]:
+    """Column names and the first n rows of a data file (for column mapping and a preview)."""
+    path = Path(path)
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None or not path.is_file() or path.stat().st_size == 0:
+        load_records(path)  # raises the same clear error a run would
+    ds = _read_dataset(path, fmt)
+    return ds.column_names, [dict(r) for r in ds.select(range(min(n, len(ds))))]
+
+
+def save_upload(name: str, data: bytes) -> Path:
+    """Store an uploaded file under <workspace>/uploads with a sanitised name."""
+    folder = workspace() / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / safe_filename(name)
+    path.write_bytes(data)
+    return path
 
 
 def _read_dataset(path: Path, fmt: str):

@@ -32,14 +32,19 @@ warnings.filterwarnings("ignore", message="Position ids are not supported")  # v
 class RunCallback(TrainerCallback):
     """Mirror Trainer's progress into the run folder; honour cancel requests and NaN losses."""
 
-    def __init__(self, run: Run, formatter: Formatter, samples: list[dict], progress: Callable | None = None):
+    def __init__(self, run: Run, formatter: Formatter, samples: list[dict], progress: Callable | None = None,
+                 stop: dict | None = None):
         self.run, self.formatter, self.samples, self.progress = run, formatter, samples, progress
-        self.stop_requested = False
+        self.stop = stop if stop is not None else {"requested": False}  # set by the SIGTERM handler
         self.failure: str | None = None
         self.t0 = time.time()
         self.step0 = 0
         self.last_write = 0.0
         self.last_loss = None
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop["requested"]
 
     def on_train_begin(self, args, state, control, **kw):
         self.t0, self.step0 = time.time(), state.global_step
@@ -68,7 +73,8 @@ class RunCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, model=None, **kw):
         if state.is_world_process_zero and self.samples and model is not None:
-            outs = generate_texts(model, self.formatter, [s["input"] for s in self.samples], max_new_tokens=32)
+            outs = generate_texts(model, self.formatter, [s["input"] for s in self.samples],
+                                  max_new_tokens=self.formatter.max_target_tokens)
             rows = [{"input": s["input"], "target": s["target"], "output": o} for s, o in zip(self.samples, outs)]
             self.run.log_metrics({"kind": "samples", "step": state.global_step, "time": time.time(), "samples": rows})
 
@@ -153,8 +159,10 @@ def train(run: Run, resume: bool = False, progress: Callable | None = None) -> d
         raise WorkbenchError(f"Run {run.id!r} has no complete checkpoint to resume from: start it again.")
     run.set_status(state="running", pid=os.getpid(), error=None, started=time.time())
     t0 = time.time()
+    stop = {"requested": False}  # SIGTERM at any point, even while loading, ends the run cleanly
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("requested", True))
     try:
-        trainer, callback = setup(run, cfg, progress)
+        trainer, callback = setup(run, cfg, progress, stop)
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except WorkbenchError as e:
         return run.set_status(state="failed", error=str(e))
@@ -171,7 +179,7 @@ def train(run: Run, resume: bool = False, progress: Callable | None = None) -> d
     return run.set_status(state=state, step=trainer.state.global_step, eta=0, elapsed=elapsed, pid=None)
 
 
-def setup(run: Run, cfg: TuneConfig, progress: Callable | None):
+def setup(run: Run, cfg: TuneConfig, progress: Callable | None, stop: dict | None = None):
     set_seed(cfg.seed)
     task = load_task(cfg.task, cfg.data_path, cfg.input_column, cfg.target_column)
     train_rows = task.train[: cfg.train_examples] if cfg.train_examples else task.train
@@ -186,7 +194,7 @@ def setup(run: Run, cfg: TuneConfig, progress: Callable | None):
     eval_ds = EncodedDataset(task.validation[: cfg.eval_examples], fmt)
     collator = PadCollator(lm.tokenizer.pad_token_id)
     sanity_check(model, collator, train_ds)
-    callback = RunCallback(run, fmt, task.validation[:SAMPLE_EVERY_EVAL], progress)
+    callback = RunCallback(run, fmt, task.validation[:SAMPLE_EVERY_EVAL], progress, stop)
     callbacks = [callback]
     if cfg.early_stopping_patience:
         from transformers import EarlyStoppingCallback
@@ -194,5 +202,4 @@ def setup(run: Run, cfg: TuneConfig, progress: Callable | None):
     trainer = Trainer(model=model, args=training_args(cfg, run), train_dataset=train_ds,
                       eval_dataset=eval_ds if len(eval_ds) else None, data_collator=collator, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # our callback reports progress; no raw dicts on stdout
-    signal.signal(signal.SIGTERM, lambda *_: setattr(callback, "stop_requested", True))
     return trainer, callback

@@ -14,6 +14,7 @@ import streamlit as st  # noqa: E402
 
 PAGES = [
     ("home.py", "Home", ":material/home:"),
+    ("tune.py", "Tune", ":material/model_training:"),
 ]
 
 st.set_page_config(page_title="Soft Prompt Workbench", page_icon=":material/tune:", layout="wide")

@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import signal
 import sys
 from pathlib import Path
 
@@ -55,6 +53,7 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=int, default=64)
     for name, helptext in (("cancel", "stop a running run (it saves and ends as cancelled)"), ("delete", "delete a run")):
         sub.add_parser(name, help=helptext).add_argument("--run", required=True)
+    sub.add_parser("worker", help="train queued runs one at a time (started by the app in queue mode)")
     imp = sub.add_parser("import-adapter", help="import a PEFT soft-prompt adapter folder as a run")
     imp.add_argument("path")
     imp.add_argument("--model", default="smollm2-135m-instruct")
@@ -132,13 +131,10 @@ def cmd_generate(a) -> int:
 
 
 def cmd_cancel(a) -> int:
-    from core.runs import Run
+    from core.jobs import cancel
 
-    st = Run.open(a.run).status()
-    if st.get("state") != "running" or not st.get("pid"):
-        raise WorkbenchError(f"Run {a.run!r} is not running (state: {st.get('state')}).")
-    os.kill(int(st["pid"]), signal.SIGTERM)
-    print(f"asked run {a.run} to save and stop")
+    outcome = cancel(a.run)
+    print(f"run {a.run}: {'asked to save and stop' if outcome == 'stopping' else outcome}")
     return 0
 
 
@@ -152,6 +148,10 @@ def main(argv=None) -> int:
         if a.cmd == "resume":
             from core.runs import Run
             return _train(Run.open(a.run), resume=True)
+        if a.cmd == "worker":
+            from core.jobs import worker_loop
+            print(f"worker: trained {worker_loop()} queued run(s)")
+            return 0
         if a.cmd == "delete":
             from core.runs import delete_run
             delete_run(a.run)

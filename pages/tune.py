@@ -1,0 +1,102 @@
+"""Tune: configure a soft-prompt run, start it in its own process, watch it live."""
+import pandas as pd
+import streamlit as st
+
+from core import jobs
+from core.models import DEFAULT_MODEL
+from core.paths import WorkbenchError
+from core.tasks import BUILTIN, peek, save_upload
+from workbench.config_form import ERRORS_KEY, FIELDS, build_config, field_widget
+from workbench.run_view import live_run
+
+st.title("Tune a soft prompt")
+values: dict = {}
+
+st.subheader("Model and data")
+left, right = st.columns(2)
+source = left.radio("Model", ["Bundled", "Local folder"], horizontal=True, key="model_source",
+                    help=FIELDS["model"].metadata["help"])
+values["model"] = DEFAULT_MODEL if source == "Bundled" else left.text_input(
+    "Model folder", key="model_folder", placeholder="/path/to/hf-model-folder") or ""
+data_kind = right.radio("Data", ["Built-in task", "My file"], horizontal=True, key="data_kind")
+if data_kind == "Built-in task":
+    values["task"] = right.selectbox("Task", list(BUILTIN), key="cfg_task",
+                                     format_func=lambda t: f"{t} - {BUILTIN[t].title}")
+else:
+    upload = right.file_uploader("CSV, JSONL or Parquet", type=["csv", "jsonl", "json", "parquet"], key="upload")
+    if upload is None:
+        st.info("Upload a file with one example per row, then map its input and target columns.")
+        st.stop()
+    try:
+        path = save_upload(upload.name, upload.getvalue())
+        columns, head = peek(path)
+    except WorkbenchError as e:
+        st.error(str(e))
+        st.stop()
+    values["task"] = right.text_input("Task name", value=path.stem, key="cfg_task_name")
+    values["data_path"] = str(path)
+    c1, c2 = st.columns(2)
+    values["input_column"] = c1.selectbox("Input column", columns, key="cfg_input_column",
+                                          index=columns.index("input") if "input" in columns else 0)
+    values["target_column"] = c2.selectbox("Target column", columns, key="cfg_target_column",
+                                           index=columns.index("target") if "target" in columns else min(1, len(columns) - 1))
+    st.dataframe(pd.DataFrame(head), hide_index=True, width="stretch", key="upload_preview")
+
+st.subheader("Method")
+c1, c2, c3 = st.columns(3)
+values["method"] = field_widget("method", c1)
+values["num_virtual_tokens"] = field_widget("num_virtual_tokens", c2, "Virtual tokens")
+values["prompt_format"] = field_widget("prompt_format", c3)
+if values["method"] == "prompt-tuning":
+    values["init"] = field_widget("init", c1)
+    if values["init"] == "text":
+        values["init_text"] = field_widget("init_text", c2)
+    if values["init"] in ("sample-vocab", "class-label"):
+        values["sample_vocab_top_k"] = field_widget("sample_vocab_top_k", c2)
+    if values["init"] == "class-label":
+        values["label_words"] = field_widget("label_words", c3)
+elif values["method"] == "p-tuning":
+    values["encoder_type"] = field_widget("encoder_type", c1)
+    values["encoder_hidden_size"] = field_widget("encoder_hidden_size", c2)
+else:
+    values["prefix_projection"] = field_widget("prefix_projection", c1)
+    values["encoder_hidden_size"] = field_widget("encoder_hidden_size", c2)
+values["input_template"] = field_widget("input_template")
+
+with st.expander("Training settings", expanded=False):
+    cols = st.columns(3)
+    training_fields = ["max_steps", "batch_size", "learning_rate", "max_input_tokens", "max_target_tokens",
+                       "eval_every", "save_every", "eval_examples", "early_stopping_patience", "warmup_steps",
+                       "max_grad_norm", "weight_decay", "train_examples", "seed"]
+    for i, name in enumerate(training_fields):
+        values[name] = field_widget(name, cols[i % 3])
+    values["trust_remote_code"] = field_widget("trust_remote_code")
+
+queue = st.toggle("Queue mode: one run at a time", value=jobs.settings()["queue"], key="queue_mode",
+                  help="On: new runs wait until the running one ends. Off: runs start at once, side by side.")
+if queue != jobs.settings()["queue"]:
+    jobs.save_settings(queue=queue)
+
+if st.button("Start", type="primary", key="start"):
+    cfg = build_config(values)
+    if cfg is None:
+        st.rerun()  # draw each message next to its field
+    try:
+        run = jobs.submit(cfg)
+        st.session_state.setdefault("watching", []).insert(0, run.id)
+        st.success(f"Started run {run.id}")
+    except WorkbenchError as e:
+        st.error(str(e))
+
+if st.session_state.get(ERRORS_KEY):
+    st.error(f"Nothing started: {len(st.session_state[ERRORS_KEY])} setting(s) need fixing, "
+             "see the messages next to the fields.", icon=":material/error:")
+
+st.subheader("Active and recent runs")
+active = [r["id"] for r in jobs.active_runs()]
+watching = list(dict.fromkeys(active + st.session_state.get("watching", [])))
+if not watching:
+    st.info("No run is active. Configure one above and press Start.")
+for run_id in watching[:4]:
+    with st.container(border=True):
+        live_run(run_id)

@@ -1,0 +1,76 @@
+"""Tune page with AppTest: the generated form, validation next to fields, start, status, cancel."""
+import time
+
+from streamlit.testing.v1 import AppTest
+
+from core.runs import Run, list_runs
+from tests.conftest import REPO
+
+PAGE = str(REPO / "pages" / "tune.py")
+
+
+def page():
+    return AppTest.from_file(PAGE, default_timeout=60).run()
+
+
+def test_form_is_generated_from_the_config_with_working_defaults(home):
+    at = page()
+    assert not at.exception
+    assert at.selectbox(key="cfg_method").value == "prompt-tuning"
+    assert at.number_input(key="cfg_num_virtual_tokens").value == 20
+    assert at.selectbox(key="cfg_init").value == "sample-vocab"
+    assert at.text_input(key="cfg_learning_rate").value == "0.03"
+    assert "Number of virtual" in at.number_input(key="cfg_num_virtual_tokens").help
+    at.selectbox(key="cfg_method").set_value("p-tuning").run()
+    assert at.selectbox(key="cfg_encoder_type").value == "mlp"
+
+
+def test_bad_values_are_reported_next_to_their_fields_and_nothing_starts(home):
+    at = page()
+    at.text_input(key="cfg_learning_rate").set_value("-1")
+    at.text_input(key="cfg_input_template").set_value("no placeholder")
+    at.button(key="start").click().run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert any("Learning rate: -1" in e for e in errors)
+    assert any("Input template" in e and "{input}" in e for e in errors)
+    assert any("2 setting(s) need fixing" in e for e in errors)
+    assert list_runs() == []
+
+
+def test_start_runs_in_its_own_process_then_cancel(home, tiny_model_dir):
+    at = page()
+    at.radio(key="model_source").set_value("Local folder").run()
+    at.text_input(key="model_folder").set_value(tiny_model_dir)
+    at.radio(key="data_kind").set_value("My file").run()  # asks for an upload first
+    assert any("Upload a file" in i.value for i in at.info)
+    at.radio(key="data_kind").set_value("Built-in task").run()
+    at.selectbox(key="cfg_task").set_value("sentiment")
+    at.number_input(key="cfg_num_virtual_tokens").set_value(2)
+    at.selectbox(key="cfg_prompt_format").set_value("plain")
+    at.number_input(key="cfg_max_steps").set_value(500)
+    at.number_input(key="cfg_batch_size").set_value(2)
+    at.number_input(key="cfg_eval_every").set_value(500)
+    at.number_input(key="cfg_save_every").set_value(500)
+    at.number_input(key="cfg_max_input_tokens").set_value(32)
+    at.button(key="start").click().run()
+    assert not at.exception, at.exception
+    runs = list_runs()
+    assert len(runs) == 1 and runs[0]["task"] == "sentiment"
+    run = Run.open(runs[0]["id"])
+    deadline = time.time() + 90
+    while time.time() < deadline and (run.status().get("step") or 0) < 2:
+        time.sleep(0.3)
+    assert run.status()["state"] == "running"
+    at.run()
+    assert any(run.id in m.value for m in at.markdown)
+    bars = [p.proto.text for p in at.get("progress")]
+    assert any(t.startswith("step ") and "/500" in t and "loss" in t and "ETA" in t for t in bars), bars
+    at.button(key=f"live_{run.id}_cancel").click().run()
+    deadline = time.time() + 60
+    while time.time() < deadline and run.status()["state"] != "cancelled":
+        time.sleep(0.3)
+    st = run.status()
+    assert st["state"] == "cancelled" and run.last_checkpoint() is not None
+    at.run()
+    assert at.button(key=f"live_{run.id}_resume")
