@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from core.paths import WorkbenchError, model_cache_dir
 
@@ -134,7 +135,7 @@ def load_model(spec: str = DEFAULT_MODEL, trust_remote_code: bool = False) -> Lo
             f"Model {spec!r} ({type(config).__name__}) is not a causal language model the workbench "
             f"can tune: {str(e).splitlines()[0]}"
         ) from e
-    except OSError as e:
+    except (OSError, SafetensorError) as e:
         raise WorkbenchError(
             f"Model {spec!r} has no readable safetensors weights ({str(e).splitlines()[0]}). "
             "The workbench reads safetensors only: re-save the model with safe_serialization=True."

@@ -151,13 +151,19 @@ def sanity_check(model, collator, dataset) -> float:
     return loss
 
 
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def train(run: Run, resume: bool = False, progress: Callable | None = None) -> dict:
     """Train (or resume) the run in this process; returns the final status."""
     cfg = run.config()
     checkpoint = run.last_checkpoint() if resume else None
     if resume and checkpoint is None and run.checkpoints():
         raise WorkbenchError(f"Run {run.id!r} has no complete checkpoint to resume from: start it again.")
-    run.set_status(state="running", pid=os.getpid(), error=None, started=time.time())
+    # under `accelerate launch` every process trains; only the main one writes the run's files
+    status = run.set_status if is_main_process() else (lambda **kw: {**run.status(), **kw})
+    status(state="running", pid=os.getpid(), error=None, started=time.time())
     t0 = time.time()
     stop = {"requested": False}  # SIGTERM at any point, even while loading, ends the run cleanly
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("requested", True))
@@ -165,18 +171,19 @@ def train(run: Run, resume: bool = False, progress: Callable | None = None) -> d
         trainer, callback = setup(run, cfg, progress, stop)
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except WorkbenchError as e:
-        return run.set_status(state="failed", error=str(e))
+        return status(state="failed", error=str(e))
     except Exception as e:  # an unexpected failure: keep the message for the status view
-        run.set_status(state="failed", error=f"{type(e).__name__}: {e}")
+        status(state="failed", error=f"{type(e).__name__}: {e}")
         raise
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     elapsed = (run.status().get("elapsed") or 0) + time.time() - t0
     if callback.failure:
-        return run.set_status(state="failed", error=callback.failure, elapsed=elapsed)
-    trainer.model.save_pretrained(str(run.adapter_dir))
+        return status(state="failed", error=callback.failure, elapsed=elapsed)
+    if is_main_process():
+        trainer.model.save_pretrained(str(run.adapter_dir))
     state = "cancelled" if callback.stop_requested else "completed"
-    return run.set_status(state=state, step=trainer.state.global_step, eta=0, elapsed=elapsed, pid=None)
+    return status(state=state, step=trainer.state.global_step, eta=0, elapsed=elapsed, pid=None)
 
 
 def setup(run: Run, cfg: TuneConfig, progress: Callable | None, stop: dict | None = None):

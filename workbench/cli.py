@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 from core.config import ConfigError, TuneConfig
@@ -94,9 +96,28 @@ def cmd_tune(a) -> int:
         path = Path(a.run_dir).resolve()
         return _train(Run.open(path.name) if path.parent.name == "runs" else _outside(path), resume=False)
     values = {f.name: getattr(a, f.name) for f in dataclasses.fields(TuneConfig) if hasattr(a, f.name)}
-    run = new_run(TuneConfig(**values), a.run_id)
+    cfg = TuneConfig(**values)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # accelerate launch: one run shared by all processes
+        return _train(_shared_run(cfg, a.run_id), resume=False)
+    run = new_run(cfg, a.run_id)
     print(f"run {run.id} created in {run.path}")
     return _train(run, resume=False)
+
+
+def _shared_run(cfg: TuneConfig, run_id: str | None):
+    """The main process creates the run folder; the others wait for it and open the same run."""
+    from core.runs import Run, new_run
+
+    if not run_id:
+        raise WorkbenchError("Under accelerate launch with several processes, name the run: add --run-id NAME.")
+    if int(os.environ.get("RANK", "0")) == 0:
+        return new_run(cfg, run_id)
+    for _ in range(600):
+        try:
+            return Run.open(run_id)
+        except WorkbenchError:
+            time.sleep(0.1)
+    raise WorkbenchError(f"Run {run_id!r} was not created by the main process within 60 s.")
 
 
 def _outside(path: Path):

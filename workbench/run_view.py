@@ -14,8 +14,9 @@ from core.paths import WorkbenchError
 from core.runs import Run, delete_run
 
 POLL_SECONDS = 2.0
-STATE_ICONS = {"queued": "⏳", "starting": "🚀", "running": "🏃", "completed": "✅", "cancelled": "⏹️",
-               "failed": "❌", "interrupted": "⚠️"}
+STATE_ICONS = {"queued": ":material/schedule:", "starting": ":material/rocket_launch:",
+               "running": ":material/directions_run:", "completed": ":material/check_circle:",
+               "cancelled": ":material/stop_circle:", "failed": ":material/error:", "interrupted": ":material/warning:"}
 
 
 def fmt_eta(seconds) -> str:
