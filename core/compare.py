@@ -1,0 +1,159 @@
+"""A comparison: the same inputs through several systems with the same decoding, scored.
+
+Results are stored under <workspace>/comparisons/<key>.json, keyed by the systems (adapter
+weights included, by content hash), the inputs and the decoding settings, so a comparison is
+computed once and reopened instantly (also after switching pages or restarting the app).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from core.generator import Decoding, Generator, System
+from core.metrics import metric_names, score_predictions, summarize
+from core.paths import WorkbenchError, read_json, workspace, write_json_atomic
+from core.runs import Run
+from core.tasks import TaskData, few_shot_template
+
+
+@dataclass
+class CompareSpec:
+    inputs: list[dict]  # {"input": str, "target": str ("" when there is no reference)}
+    systems: list[System]
+    decoding: Decoding
+    kind: str = "generation"  # generation | qa | translation | label
+    labels: tuple = ()
+    main_metric: str = "rougeL"
+
+
+def soft_system(run_id: str, model: str) -> System:
+    """A trained run as a system; its base model must be the comparison's model."""
+    run = Run.open(run_id)
+    cfg = run.config()
+    if cfg.model != model:
+        raise WorkbenchError(f"Run {run_id!r} was trained on {cfg.model!r}, not on {model!r}: compare runs "
+                             "of the model you picked, or pick that model.")
+    if not (run.adapter_dir / "adapter_model.safetensors").exists():
+        raise WorkbenchError(f"Run {run_id!r} has no adapter yet: wait for it to finish or resume it.")
+    return System(f"soft: {run_id}", cfg.input_template, cfg.prompt_format.value, str(run.adapter_dir))
+
+
+def hard_systems(task: TaskData, prompt_format: str, shots: int = 0, template: str | None = None) -> list[System]:
+    """The task's default prompt, an edited template (if any), a k-shot prompt (if k > 0), the bare model."""
+    out = [System("hard: default", task.spec.hard_prompt, prompt_format)]
+    if template and template != task.spec.hard_prompt:
+        if "{input}" not in template:
+            raise WorkbenchError("The edited template has no {input} placeholder: add {input} where the input goes.")
+        out.append(System("hard: edited", template, prompt_format))
+    if shots:
+        out.append(System(f"hard: {shots}-shot", few_shot_template(task, shots), prompt_format))
+    out.append(System("bare model", "{input}", prompt_format))
+    return out
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def cache_key(spec: CompareSpec, model: str) -> str:
+    systems = [{**dataclasses.asdict(s), "adapter": _file_hash(Path(s.adapter_dir) / "adapter_model.safetensors")
+                if s.adapter_dir else None} for s in spec.systems]
+    blob = json.dumps({"model": model, "systems": systems, "inputs": spec.inputs,
+                       "decoding": dataclasses.asdict(spec.decoding), "kind": spec.kind}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def stored(key: str) -> dict | None:
+    return read_json(_folder() / f"{key}.json")
+
+
+def _folder() -> Path:
+    d = workspace() / "comparisons"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def run_comparison(gen: Generator, spec: CompareSpec, model: str, embedder=None,
+                   progress: Callable[[float, str], None] | None = None) -> dict:
+    """Generate, score and store; a stored result with the same key is returned as is."""
+    if not spec.inputs:
+        raise WorkbenchError("There are no inputs to compare: pick a split, paste inputs or upload a file.")
+    if not spec.systems:
+        raise WorkbenchError("Pick at least one system to compare.")
+    key = cache_key(spec, model)
+    if (hit := stored(key)) is not None:
+        return hit
+    t0 = time.time()
+    rows = [(s, x["input"]) for s in spec.systems for x in spec.inputs]
+    report = (lambda done, total: progress(0.9 * done / total, f"generating {done}/{total}")) if progress else None
+    texts = gen.generate(rows, spec.decoding, progress=report)
+    n = len(spec.inputs)
+    outputs = {s.name: texts[i * n:(i + 1) * n] for i, s in enumerate(spec.systems)}
+    refs = [x.get("target", "") for x in spec.inputs]
+    scores, summary = {}, []
+    if all(refs):
+        if progress:
+            progress(0.92, "scoring")
+        lls = gen.log_likelihood([(s, x["input"], x["target"]) for s in spec.systems for x in spec.inputs])
+        for i, s in enumerate(spec.systems):
+            per = score_predictions(outputs[s.name], refs, spec.kind, list(spec.labels) or None, embedder)
+            per["ref_loglik"] = lls[i * n:(i + 1) * n]
+            scores[s.name] = {m: per[m] for m in metric_names(per)}
+            summary += [{"system": s.name, **row} for row in summarize(per)]
+    result = {"key": key, "model": model, "created": time.time(), "seconds": time.time() - t0,
+              "decoding": dataclasses.asdict(spec.decoding), "kind": spec.kind, "main_metric": spec.main_metric,
+              "systems": [dataclasses.asdict(s) for s in spec.systems], "inputs": spec.inputs,
+              "outputs": outputs, "scores": scores, "summary": summary}
+    write_json_atomic(_folder() / f"{key}.json", result)
+    if progress:
+        progress(1.0, "done")
+    return result
+
+
+def table_rows(result: dict) -> list[dict]:
+    """One row per input: input, reference, then one column per system."""
+    names = [s["name"] for s in result["systems"]]
+    return [{"#": i, "input": x["input"], "reference": x.get("target", ""),
+             **{n: result["outputs"][n][i] for n in names}} for i, x in enumerate(result["inputs"])]
+
+
+def disagreeing(result: dict) -> list[int]:
+    """Rows where the systems do not all give the same (normalised) output."""
+    names = [s["name"] for s in result["systems"]]
+    return [i for i in range(len(result["inputs"]))
+            if len({result["outputs"][n][i].strip().lower() for n in names}) > 1]
+
+
+def soft_loses(result: dict) -> list[int]:
+    """Rows where every soft prompt scores below the best hard prompt on the main metric."""
+    metric, scores = result["main_metric"], result["scores"]
+    soft = [n for n in scores if n.startswith("soft:")]
+    hard = [n for n in scores if not n.startswith("soft:")]
+    if not soft or not hard or metric not in scores[soft[0]]:
+        return []
+    return [i for i in range(len(result["inputs"]))
+            if max(scores[n][metric][i] for n in soft) < max(scores[n][metric][i] for n in hard)]
+
+
+def to_csv(result: dict) -> str:
+    buf = io.StringIO()
+    rows = table_rows(result)
+    for row in rows:
+        for name, per in result["scores"].items():
+            for metric, values in per.items():
+                row[f"{name} | {metric}"] = values[row["#"]]
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["#"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def to_json(result: dict) -> str:
+    return json.dumps(result, indent=2, ensure_ascii=False)

@@ -1,0 +1,245 @@
+"""Batched, KV-cached generation for every system of a comparison, on one frozen base model.
+
+A system is the bare model, a hard prompt (a template around `{input}`) or a soft prompt (a
+PEFT adapter folder). Rows of a batch that belong to one system share a prefix: the soft
+prompt's virtual tokens plus the longest run of prompt tokens common to those rows (the chat
+template's head and the template text before `{input}`). That prefix's key/value cache is
+computed once (batch 1) and reused for every row and every batch, instead of once per row.
+Rows of different systems (several soft prompts too) run in the same batch: each row's prefix
+cache is left-padded to the longest one, its own tokens follow, and position ids are given
+explicitly, so every row sees exactly the positions it would see alone.
+
+Soft prompts are read straight from the adapter file (`prompt_embeddings`, see
+core/prompt_vectors.py): input-space vectors for prompt tuning / P-tuning, per-layer keys and
+values for prefix tuning, laid out as PEFT's `get_prompt` lays them out.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from transformers import DynamicCache
+
+from core.formatting import Formatter
+from core.paths import read_json
+from core.prompt_vectors import adapter_prompt
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (B, H, L, d)
+
+
+@dataclass
+class System:
+    name: str
+    template: str = "{input}"
+    prompt_format: str = "chat"
+    adapter_dir: str | None = None  # a soft prompt: PEFT adapter folder
+
+
+@dataclass
+class Decoding:
+    max_new_tokens: int = 32
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class _Prefix:
+    kv: KV  # (1, H, L, d) per layer
+    length: int
+
+
+@dataclass
+class Generator:
+    model: torch.nn.Module  # frozen base causal LM
+    tokenizer: object
+    max_input_tokens: int = 256
+    batch_size: int = 8
+    _soft: dict = field(default_factory=dict)
+    _prefix: dict = field(default_factory=dict)
+
+    def formatter(self, system: System) -> Formatter:
+        return Formatter(self.tokenizer, system.prompt_format, system.template, self.max_input_tokens)
+
+    # ---- prefixes -------------------------------------------------------------------------
+    def _soft_prompt(self, adapter_dir: str):
+        """('embeds', (1, N, D)) or ('kv', KV with N positions) for an adapter folder, cached
+        until its weights file changes (a resumed run rewrites it)."""
+        stamp = os.stat(os.path.join(adapter_dir, "adapter_model.safetensors")).st_mtime_ns
+        if self._soft.get(adapter_dir, (None,))[0] != stamp:
+            self._prefix = {k: v for k, v in self._prefix.items() if k[0] != adapter_dir}
+            peft_type, arr = adapter_prompt(adapter_dir)
+            t = torch.from_numpy(arr).to(self.model.dtype)  # (N, width)
+            if peft_type == "PREFIX_TUNING":
+                conf = read_json(f"{adapter_dir}/adapter_config.json")
+                n, layers, heads = t.shape[0], conf["num_layers"], conf["num_attention_heads"]
+                kv = t.view(1, n, layers * 2, heads, conf["token_dim"] // heads)  # as PEFT's get_prompt
+                kv = kv.permute(2, 0, 3, 1, 4).split(2)  # layers x (2, 1, H, N, d)
+                self._soft[adapter_dir] = (stamp, ("kv", [(x[0], x[1]) for x in kv]))
+            else:
+                self._soft[adapter_dir] = (stamp, ("embeds", t[None]))  # (1, N, D)
+        return self._soft[adapter_dir][1]
+
+    @torch.no_grad()
+    def prefix(self, system: System, ids: tuple[int, ...]) -> _Prefix:
+        """Key/value cache of a system's shared prefix (virtual tokens + `ids`), computed once."""
+        soft = self._soft_prompt(system.adapter_dir) if system.adapter_dir else None
+        key = (system.adapter_dir, ids)
+        if key in self._prefix:
+            return self._prefix[key]
+        ids_t = torch.tensor([ids], dtype=torch.long)  # (1, L)
+        if soft and soft[0] == "embeds":
+            embeds = torch.cat([soft[1], self.model.get_input_embeddings()(ids_t)], dim=1)  # (1, N+L, D)
+            out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
+            kv, length = _layers(out.past_key_values), embeds.shape[1]
+        else:
+            kv = [(k.clone(), v.clone()) for k, v in soft[1]] if soft else None
+            n = kv[0][0].shape[2] if kv else 0
+            if ids:
+                cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache()
+                pos = torch.arange(n, n + len(ids))[None]  # (1, L)
+                out = self.model(input_ids=ids_t, attention_mask=torch.ones(1, n + len(ids), dtype=torch.long),
+                                 position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                kv = _layers(out.past_key_values)
+            length = n + len(ids)
+        self._prefix[key] = _Prefix(kv or [], length)
+        return self._prefix[key]
+
+    # ---- generation ---------------------------------------------------------------------
+    def generate(self, rows: list[tuple[System, str]], decoding: Decoding = Decoding(),
+                 progress: Callable[[int, int], None] | None = None) -> list[str]:
+        """One output text per (system, input) row, in order."""
+        encoded = [(s, self.formatter(s).prompt_ids(x)) for s, x in rows]
+        order = sorted(range(len(rows)), key=lambda i: (rows[i][0].name, len(encoded[i][1])))
+        outs: list[str] = [""] * len(rows)
+        gen = torch.Generator().manual_seed(decoding.seed)
+        for b in range(0, len(order), self.batch_size):
+            idx = order[b:b + self.batch_size]
+            tokens = self._generate_batch([encoded[i] for i in idx], decoding, gen)
+            for i, toks in zip(idx, tokens):
+                outs[i] = self.formatter(rows[i][0]).clean_output(self.tokenizer.decode(toks))
+            if progress:
+                progress(min(b + self.batch_size, len(order)), len(order))
+        return outs
+
+    def _split(self, batch: list[tuple[System, list[int]]], own: list[int] | None = None):
+        """Per row: the prefix cache of its system's common token run, and the row's own tokens
+        (at least `own[r]` + 1 of them stay with row r)."""
+        by_system: dict[str, list[list[int]]] = {}
+        for r, (s, ids) in enumerate(batch):
+            by_system.setdefault(s.name, []).append(ids[:len(ids) - own[r]] if own else ids)
+        common = {name: _common_prefix(group) for name, group in by_system.items()}
+        return [(self.prefix(s, tuple(ids[:common[s.name]])), ids[common[s.name]:]) for s, ids in batch]
+
+    def _batch_inputs(self, parts: list[tuple[_Prefix, list[int]]]):
+        """Left-padded ids, attention mask, explicit positions and the stacked prefix cache."""
+        B = len(parts)
+        P = max(p.length for p, _ in parts)
+        S = max(len(s) for _, s in parts)
+        ids = torch.full((B, S), self.tokenizer.pad_token_id, dtype=torch.long)  # (B, S)
+        mask = torch.zeros((B, P + S), dtype=torch.long)  # (B, P+S)
+        pos = torch.zeros((B, S), dtype=torch.long)  # (B, S)
+        for r, (p, s) in enumerate(parts):
+            ids[r, S - len(s):] = torch.tensor(s)
+            mask[r, P - p.length:P] = 1
+            mask[r, P + S - len(s):] = 1
+            pos[r, S - len(s):] = torch.arange(p.length, p.length + len(s))
+        cache = DynamicCache(ddp_cache_data=_stack_prefixes([p for p, _ in parts], P)) if P else DynamicCache()
+        return ids, mask, pos, cache
+
+    @torch.no_grad()
+    def _generate_batch(self, batch, decoding: Decoding, gen: torch.Generator) -> list[list[int]]:
+        ids, mask, pos, cache = self._batch_inputs(self._split(batch))
+        B, pad = ids.shape[0], self.tokenizer.pad_token_id
+        stops = _stop_ids(self.tokenizer)
+        done = torch.zeros(B, dtype=torch.bool)
+        out: list[list[int]] = [[] for _ in range(B)]
+        for _ in range(decoding.max_new_tokens):
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                                use_cache=True, logits_to_keep=1).logits[:, -1]  # (B, V)
+            nxt = _pick(logits, decoding, gen)  # (B,)
+            for r in range(B):
+                if not done[r]:
+                    out[r].append(int(nxt[r]))
+            done |= torch.isin(nxt, stops)
+            if done.all():
+                break
+            ids = torch.where(done, torch.full_like(nxt, pad), nxt)[:, None]  # (B, 1)
+            mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.long)], dim=1)
+            pos = pos[:, -1:] + 1
+        return out
+
+    @torch.no_grad()
+    def log_likelihood(self, rows: list[tuple[System, str, str]]) -> list[float]:
+        """Mean log-probability per token of each reference (target + end marker) under each system."""
+        out = [0.0] * len(rows)
+        order = sorted(range(len(rows)), key=lambda i: rows[i][0].name)
+        for b in range(0, len(order), self.batch_size):
+            idx = order[b:b + self.batch_size]
+            batch, targets = [], []
+            for i in idx:
+                system, x, target = rows[i]
+                fmt = self.formatter(system)
+                t = fmt.target_ids(target)
+                batch.append((system, fmt.prompt_ids(x) + t))
+                targets.append(len(t))
+            ids, mask, pos, cache = self._batch_inputs(self._split(batch, own=targets))
+            logp = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                              use_cache=False).logits.float().log_softmax(-1)  # (B, S, V)
+            for r, (i, n) in enumerate(zip(idx, targets)):
+                # the last n tokens are the target; each is predicted from the position before it
+                pred = logp[r, -n - 1:-1]  # (n, V)
+                out[i] = float(pred.gather(-1, ids[r, -n:, None]).mean())
+        return out
+
+
+def _layers(cache) -> KV:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    """Length of the token run every sequence starts with, leaving each at least one own token."""
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for i in range(max(n, 0)):
+        if any(s[i] != first[i] for s in seqs):
+            return i
+    return max(n, 0)
+
+
+def _stack_prefixes(prefixes: list[_Prefix], P: int) -> KV:
+    """Left-pad every row's prefix cache to P positions and stack the rows: (B, H, P, d) per layer."""
+    layers = []
+    for layer in range(len(next(p for p in prefixes if p.kv).kv)):
+        ks, vs = [], []
+        for p in prefixes:
+            k, v = p.kv[layer] if p.kv else (None, None)
+            ref = next(q.kv[layer][0] for q in prefixes if q.kv)
+            shape = (1, ref.shape[1], P - p.length, ref.shape[3])
+            pad = torch.zeros(shape, dtype=ref.dtype)
+            ks.append(torch.cat([pad, k], dim=2) if k is not None else torch.zeros(1, ref.shape[1], P, ref.shape[3]))
+            vs.append(torch.cat([pad, v], dim=2) if v is not None else torch.zeros(1, ref.shape[1], P, ref.shape[3]))
+        layers.append((torch.cat(ks), torch.cat(vs)))
+    return layers
+
+
+def _stop_ids(tokenizer) -> torch.Tensor:
+    ids = {tokenizer.eos_token_id}
+    for tok in ("<|im_end|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            ids.add(tid)
+    return torch.tensor(sorted(i for i in ids if i is not None))
+
+
+def _pick(logits: torch.Tensor, d: Decoding, gen: torch.Generator) -> torch.Tensor:
+    if d.temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / d.temperature, dim=-1)  # (B, V)
+    if d.top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < d.top_p
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
+    return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=gen)[:, 0]

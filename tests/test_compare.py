@@ -1,0 +1,72 @@
+"""Comparisons: systems, stored results, filters and exports (tiny model)."""
+import csv
+import io
+import json
+
+import pytest
+
+from core import training
+from core.compare import (CompareSpec, cache_key, disagreeing, hard_systems, run_comparison, soft_loses,
+                          soft_system, to_csv, to_json)
+from core.generator import Decoding, Generator
+from core.models import load_model
+from core.paths import WorkbenchError
+from core.runs import new_run
+from core.tasks import load_task
+from tests.conftest import tiny_config
+
+
+@pytest.fixture
+def setup(home, tiny_model_dir, toy_data):
+    run = new_run(tiny_config(tiny_model_dir, toy_data, max_steps=2), run_id="soft-run")
+    assert training.train(run)["state"] == "completed"
+    lm = load_model(tiny_model_dir)
+    task = load_task("toy", toy_data)
+    systems = [soft_system("soft-run", tiny_model_dir)] + hard_systems(task, "plain", shots=2,
+                                                                         template="Echo: {input}")
+    spec = CompareSpec(task.test + task.validation, systems, Decoding(max_new_tokens=4), "generation",
+                       main_metric="token_f1")
+    return Generator(lm.model, lm.tokenizer, batch_size=4), spec, tiny_model_dir
+
+
+def test_comparison_scores_every_system_and_is_stored(setup):
+    gen, spec, model = setup
+    names = ["soft: soft-run", "hard: default", "hard: edited", "hard: 2-shot", "bare model"]
+    assert [s.name for s in spec.systems] == names
+    calls = []
+    result = run_comparison(gen, spec, model, progress=lambda f, m: calls.append(f))
+    assert calls[-1] == 1.0
+    assert set(result["outputs"]) == set(names) and all(len(v) == 4 for v in result["outputs"].values())
+    # the outputs are the generator's own
+    assert result["outputs"]["bare model"] == gen.generate([(spec.systems[-1], x["input"]) for x in spec.inputs],
+                                                           spec.decoding)
+    metrics = {(r["system"], r["metric"]) for r in result["summary"]}
+    for n in names:
+        assert {(n, "token_f1"), (n, "rougeL"), (n, "chrf"), (n, "ref_loglik")} <= metrics
+    assert all(r["low"] <= r["mean"] <= r["high"] for r in result["summary"] if r["metric"] != "chrf")
+    # a second call with the same systems, inputs and settings is read back, not recomputed
+    assert run_comparison(None, spec, model) == result
+    assert cache_key(spec, model) != cache_key(CompareSpec(spec.inputs, spec.systems, Decoding(max_new_tokens=5)), model)
+
+
+def test_filters_and_exports(setup):
+    gen, spec, model = setup
+    result = run_comparison(gen, spec, model)
+    for i in disagreeing(result):
+        assert len({result["outputs"][n][i].strip().lower() for n in result["outputs"]}) > 1
+    for i in soft_loses(result):
+        s = result["scores"]
+        assert s["soft: soft-run"]["token_f1"][i] < max(s[n]["token_f1"][i] for n in s if n != "soft: soft-run")
+    rows = list(csv.DictReader(io.StringIO(to_csv(result))))
+    assert len(rows) == 4 and rows[0]["input"] == spec.inputs[0]["input"] and "bare model | token_f1" in rows[0]
+    assert json.loads(to_json(result))["decoding"]["max_new_tokens"] == 4
+
+
+def test_clear_errors(setup):
+    gen, spec, model = setup
+    with pytest.raises(WorkbenchError, match="trained on"):
+        soft_system("soft-run", "smollm2-135m-instruct")
+    with pytest.raises(WorkbenchError, match="no inputs"):
+        run_comparison(gen, CompareSpec([], spec.systems, spec.decoding), model)
+    with pytest.raises(WorkbenchError, match="placeholder"):
+        hard_systems(load_task("sentiment"), "chat", template="no slot")

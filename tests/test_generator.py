@@ -1,0 +1,104 @@
+"""The KV-cached batched generator against plain PEFT generate, on a tiny llama."""
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from core.config import TuneConfig
+from core.formatting import Formatter
+from core.generator import Decoding, Generator, System, _common_prefix
+from core.methods import build_peft_model
+from core.models import load_model
+
+INPUTS = ["Say apple", "Say a much longer thing please", "Say river", "x"]
+METHODS = [dict(method="prompt-tuning", init="random"), dict(method="p-tuning", encoder_type="mlp"),
+           dict(method="p-tuning", encoder_type="lstm"), dict(method="prefix-tuning"),
+           dict(method="prefix-tuning", prefix_projection=True)]
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model_dir):
+    return load_model(tiny_model_dir)
+
+
+def save_adapter(tiny_model_dir, tokenizer, tmp_path, **kw):
+    torch.manual_seed(1)
+    cfg = TuneConfig(num_virtual_tokens=3, encoder_hidden_size=8, **kw)
+    model = build_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, cfg, tiny_model_dir)
+    with torch.no_grad():  # make the prompt matter: scale it up from its small random init
+        for p in model.prompt_encoder.parameters():
+            p.mul_(20)
+    model.save_pretrained(tmp_path)
+    return str(tmp_path)
+
+
+def peft_greedy(model_dir, adapter, system, tokenizer, n=8):
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = (PeftModel.from_pretrained(base, adapter) if adapter else base).eval()
+    fmt = Formatter(tokenizer, system.prompt_format, system.template)
+    outs = []
+    for x in INPUTS:
+        ids = torch.tensor([fmt.prompt_ids(x)])
+        o = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                           pad_token_id=tokenizer.pad_token_id)
+        outs.append(fmt.clean_output(tokenizer.decode(o[0, ids.shape[1]:])))
+    return outs
+
+
+@pytest.mark.parametrize("kw", METHODS, ids=lambda k: "-".join(str(v) for v in k.values()))
+def test_soft_prompts_match_peft_generate(lm, tiny_model_dir, tokenizer, tmp_path, kw):
+    adapter = save_adapter(tiny_model_dir, tokenizer, tmp_path, **kw)
+    system = System("soft", prompt_format="chat", adapter_dir=adapter)
+    gen = Generator(lm.model, lm.tokenizer, batch_size=4)
+    assert gen.generate([(system, x) for x in INPUTS], Decoding(max_new_tokens=8)) == \
+        peft_greedy(tiny_model_dir, adapter, system, tokenizer)
+
+
+@pytest.mark.parametrize("system", [System("bare", prompt_format="plain"),
+                                    System("hard", template="Repeat: {input}\nAnswer:", prompt_format="chat")])
+def test_bare_and_hard_prompts_match_generate(lm, tiny_model_dir, tokenizer, system):
+    gen = Generator(lm.model, lm.tokenizer, batch_size=3)
+    assert gen.generate([(system, x) for x in INPUTS], Decoding(max_new_tokens=8)) == \
+        peft_greedy(tiny_model_dir, None, system, tokenizer)
+
+
+def test_mixed_batches_equal_rows_alone_and_prefix_is_computed_once(lm, tiny_model_dir, tokenizer, tmp_path):
+    a = System("a", adapter_dir=save_adapter(tiny_model_dir, tokenizer, tmp_path / "a", method="prompt-tuning"))
+    b = System("b", adapter_dir=save_adapter(tiny_model_dir, tokenizer, tmp_path / "b", method="prefix-tuning"))
+    hard = System("hard", template="Repeat: {input}")
+    rows = [(s, x) for s in (a, b, hard) for x in INPUTS]
+    together = Generator(lm.model, lm.tokenizer, batch_size=12)
+    mixed = together.generate(rows, Decoding(max_new_tokens=6))
+    alone = Generator(lm.model, lm.tokenizer, batch_size=1)
+    assert mixed == [alone.generate([r], Decoding(max_new_tokens=6))[0] for r in rows]
+    # one batch of 12 rows: one prefix cache per system, not one per row
+    assert len(together._prefix) == 3
+
+
+def test_sampling_is_seeded(lm):
+    gen = Generator(lm.model, lm.tokenizer)
+    rows = [(System("bare"), x) for x in INPUTS]
+    d = Decoding(max_new_tokens=6, temperature=1.0, top_p=0.9, seed=3)
+    assert gen.generate(rows, d) == gen.generate(rows, d)
+
+
+def test_common_prefix_leaves_each_row_a_token():
+    assert _common_prefix([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert _common_prefix([[1, 2], [1, 2]]) == 1
+    assert _common_prefix([[7]]) == 0
+
+
+@pytest.mark.parametrize("kw", [dict(method="prompt-tuning"), dict(method="prefix-tuning"), None])
+def test_reference_log_likelihood_matches_the_peft_loss(lm, tiny_model_dir, tokenizer, tmp_path, kw):
+    adapter = save_adapter(tiny_model_dir, tokenizer, tmp_path, **kw) if kw else None
+    system = System("s", template="Q: {input}", adapter_dir=adapter)
+    pairs = [("Say apple", "apple"), ("Say apple", "apple"), ("Say a longer river", "the river flows")]
+    ours = Generator(lm.model, lm.tokenizer, batch_size=3).log_likelihood([(system, x, t) for x, t in pairs])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ref = (PeftModel.from_pretrained(base, adapter) if adapter else base).eval()
+    fmt = Formatter(tokenizer, "chat", "Q: {input}")
+    for (x, t), value in zip(pairs, ours):
+        enc = fmt.encode({"input": x, "target": t})
+        with torch.no_grad():
+            loss = ref(input_ids=torch.tensor([enc["input_ids"]]), labels=torch.tensor([enc["labels"]])).loss
+        assert value == pytest.approx(-loss.item(), abs=1e-4)
