@@ -1,0 +1,97 @@
+"""The main flow in a real browser: Debian's chromium driven by Playwright against the running app.
+
+Start a short run on Tune, watch it reach `completed`, open Compare and see the soft prompt's
+column and metrics. Screenshots go to test-artifacts/.
+"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import REPO
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = REPO / "test-artifacts"
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app(tmp_path):
+    port = free_port()
+    env = {**os.environ, "WORKBENCH_HOME": str(tmp_path / "ws"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "workbench/app.py", "--server.port",
+                             str(port), "--server.headless", "true"], cwd=REPO, env=env,
+                            stdout=open(tmp_path / "app.log", "wb"), stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+    shutil.copy(tmp_path / "app.log", ARTIFACTS / "app.log")
+
+
+@pytest.fixture
+def page():
+    from playwright.sync_api import sync_playwright
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run", "--disable-sync"])
+        pg = browser.new_page(viewport={"width": 1400, "height": 1600})
+        pg.set_default_timeout(60_000)
+        yield pg
+        browser.close()
+
+
+def fill(pg, label: str, value) -> None:
+    box = pg.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    pg.wait_for_timeout(400)
+
+
+def test_tune_then_compare_in_a_real_browser(app, page):
+    pg = page
+    pg.goto(f"{app}/tune")
+    pg.get_by_text("Tune a soft prompt").wait_for()
+    pg.get_by_text("Training settings").click()
+    for label, value in [("Max steps", 3), ("Batch size", 2), ("Eval every", 3), ("Save every", 3),
+                         ("Eval examples", 2), ("Max target tokens", 8)]:
+        fill(pg, label, value)
+    fill(pg, "Virtual tokens", 4)
+    pg.screenshot(path=str(ARTIFACTS / "1-tune-form.png"), full_page=True)
+    pg.get_by_role("button", name="Start").click()
+    pg.get_by_text("Started run").wait_for()
+    pg.get_by_text("state completed").wait_for(timeout=240_000)
+    pg.screenshot(path=str(ARTIFACTS / "2-tune-completed.png"), full_page=True)
+
+    pg.goto(f"{app}/compare")
+    pg.get_by_text("Compare soft and hard prompts").wait_for()
+    fill(pg, "Max new tokens", 6)
+    pg.get_by_role("slider", name="How many").focus()
+    for _ in range(21):  # 24 -> 3 test inputs
+        pg.keyboard.press("ArrowLeft")
+    pg.wait_for_timeout(500)
+    pg.get_by_role("button", name="Compare").click()
+    pg.get_by_text("Mean over inputs").wait_for(timeout=300_000)
+    body = pg.inner_text("body")
+    assert "soft: " in body and "hard: default" in body and "bare model" in body
+    pg.screenshot(path=str(ARTIFACTS / "3-compare.png"), full_page=True)
