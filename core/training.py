@@ -155,8 +155,12 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def train(run: Run, resume: bool = False, progress: Callable | None = None) -> dict:
-    """Train (or resume) the run in this process; returns the final status."""
+def train(run: Run, resume: bool = False, progress: Callable | None = None, extra_callbacks: tuple = ()) -> dict:
+    """Train (or resume) the run in this process; returns the final status.
+
+    extra_callbacks: more TrainerCallbacks (a sweep's pruning callback). The SIGTERM handler
+    that was installed before (a sweep's) is put back when the run ends.
+    """
     cfg = run.config()
     checkpoint = run.last_checkpoint() if resume else None
     if resume and checkpoint is None and run.checkpoints():
@@ -166,9 +170,9 @@ def train(run: Run, resume: bool = False, progress: Callable | None = None) -> d
     status(state="running", pid=os.getpid(), error=None, started=time.time())
     t0 = time.time()
     stop = {"requested": False}  # SIGTERM at any point, even while loading, ends the run cleanly
-    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("requested", True))
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("requested", True))
     try:
-        trainer, callback = setup(run, cfg, progress, stop)
+        trainer, callback = setup(run, cfg, progress, stop, extra_callbacks)
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except WorkbenchError as e:
         return status(state="failed", error=str(e))
@@ -176,7 +180,7 @@ def train(run: Run, resume: bool = False, progress: Callable | None = None) -> d
         status(state="failed", error=f"{type(e).__name__}: {e}")
         raise
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     elapsed = (run.status().get("elapsed") or 0) + time.time() - t0
     if callback.failure:
         return status(state="failed", error=callback.failure, elapsed=elapsed)
@@ -186,7 +190,7 @@ def train(run: Run, resume: bool = False, progress: Callable | None = None) -> d
     return status(state=state, step=trainer.state.global_step, eta=0, elapsed=elapsed, pid=None)
 
 
-def setup(run: Run, cfg: TuneConfig, progress: Callable | None, stop: dict | None = None):
+def setup(run: Run, cfg: TuneConfig, progress: Callable | None, stop: dict | None = None, extra_callbacks: tuple = ()):
     set_seed(cfg.seed)
     task = load_task(cfg.task, cfg.data_path, cfg.input_column, cfg.target_column)
     train_rows = task.train[: cfg.train_examples] if cfg.train_examples else task.train
@@ -202,7 +206,7 @@ def setup(run: Run, cfg: TuneConfig, progress: Callable | None, stop: dict | Non
     collator = PadCollator(lm.tokenizer.pad_token_id)
     sanity_check(model, collator, train_ds)
     callback = RunCallback(run, fmt, task.validation[:SAMPLE_EVERY_EVAL], progress, stop)
-    callbacks = [callback]
+    callbacks = [callback, *extra_callbacks]
     if cfg.early_stopping_patience:
         from transformers import EarlyStoppingCallback
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience))

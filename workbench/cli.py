@@ -1,4 +1,4 @@
-"""Headless entry point: `python -m workbench tune|resume|runs|generate|cancel|delete|import-adapter`.
+"""Headless entry point: `python -m workbench tune|resume|runs|generate|cancel|delete|import-adapter|sweep`.
 
 The tune flags are generated from TuneConfig, so the CLI, the form and the saved run agree.
 The app starts runs through this same entry point (`tune --run-dir`), in their own process.
@@ -60,6 +60,13 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("path")
     imp.add_argument("--model", default="smollm2-135m-instruct")
     imp.add_argument("--task", default="imported")
+    sw = sub.add_parser("sweep", help="try prompt lengths x learning rates, one run per pair (Optuna, median pruning)")
+    sw.add_argument("--sweep", help="run an existing sweep folder (as the app does; goes on after a cancel)")
+    sw.add_argument("--sweep-id", help="name for the new sweep (default: date-sweep-task)")
+    sw.add_argument("--tokens", type=int, nargs="+", help="prompt lengths to try, e.g. 5 20 50 100")
+    sw.add_argument("--lrs", type=float, nargs="+", help="learning rates to try, e.g. 0.3 0.03 0.003")
+    sw.add_argument("--startup-trials", type=int, default=2, help="completed trials before pruning starts (default: 2)")
+    add_config_flags(sw)
     return p
 
 
@@ -159,6 +166,36 @@ def cmd_cancel(a) -> int:
     return 0
 
 
+def cmd_sweep(a) -> int:
+    from core.sweep import Sweep, new_sweep
+
+    if a.sweep:
+        sweep = Sweep.open(a.sweep)
+    elif not (a.tokens and a.lrs):
+        raise WorkbenchError("a new sweep needs --tokens and --lrs (or --sweep ID to run an existing one).")
+    else:
+        values = {f.name: getattr(a, f.name) for f in dataclasses.fields(TuneConfig) if hasattr(a, f.name)}
+        try:
+            sweep = new_sweep(values, {"num_virtual_tokens": a.tokens, "learning_rate": a.lrs}, a.sweep_id,
+                              pruner={"n_startup_trials": a.startup_trials})
+        except ConfigError as e:  # name the flags the user typed
+            flags = {"num_virtual_tokens": "tokens", "learning_rate": "lrs", "pruner": "startup_trials"}
+            raise ConfigError({flags.get(k, k): v for k, v in e.errors.items()}) from None
+        print(f"sweep {sweep.id} created in {sweep.path}: {sweep.status()['total']} trials")
+
+    def show(t: dict) -> None:
+        loss = f"best eval_loss {t['eval_loss']:.4f}" if t["eval_loss"] is not None else t.get("error") or ""
+        print(f"trial {t['number']}: {t['params']['num_virtual_tokens']} tokens, lr {t['params']['learning_rate']:g} "
+              f"-> {t['state']} at step {t['step']}, {loss} (run {t['run_id']})", flush=True)
+    st = sweep.run(on_trial=show)
+    best = st.get("best")
+    print(f"sweep {sweep.id}: {st['state']}, {st.get('trials')}/{st.get('total')} trials" +
+          (f"; best: {best['params']} eval_loss {best['eval_loss']:.4f}" if best else ""))
+    if st.get("error"):
+        print(f"error: {st['error']}", file=sys.stderr)
+    return 0 if st["state"] in ("completed", "cancelled") else 1
+
+
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
@@ -181,7 +218,7 @@ def main(argv=None) -> int:
             from core.runs import import_adapter
             print(f"imported as run {import_adapter(a.path, a.model, a.task).id}")
             return 0
-        return {"runs": cmd_runs, "generate": cmd_generate, "cancel": cmd_cancel}[a.cmd](a)
+        return {"runs": cmd_runs, "generate": cmd_generate, "cancel": cmd_cancel, "sweep": cmd_sweep}[a.cmd](a)
     except ConfigError as e:
         for k, v in e.errors.items():
             print(f"error: --{k.replace('_', '-')}: {v}", file=sys.stderr)

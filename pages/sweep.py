@@ -1,0 +1,126 @@
+"""Sweep: prompt lengths x learning rates on one base config, one run per pair (Optuna grid,
+median pruning), trained one after another in their own process; table and plot live."""
+import pandas as pd
+import streamlit as st
+
+from core import sweep as sweeps
+from core.charts import sweep_figure
+from core.config import ConfigError
+from core.models import DEFAULT_MODEL
+from core.paths import WorkbenchError
+from core.tasks import BUILTIN
+from workbench.config_form import FIELDS, field_widget
+from workbench.run_view import STATE_ICONS
+
+ERRORS = "sweep_errors"
+LABELS = {"num_virtual_tokens": "Prompt lengths", "learning_rate": "Learning rates"}
+
+
+def numbers(raw: str, kind) -> list:
+    """Comma-separated numbers; a part that is not one is kept as text so that validation names it."""
+    out = []
+    for part in (p.strip() for p in raw.split(",")):
+        if part:
+            try:
+                out.append(kind(part))
+            except ValueError:
+                out.append(part)
+    return out
+
+
+st.title("Sweep prompt length × learning rate")
+st.caption("Every pair of values is a normal run, trained one after another. Optuna's median pruner stops a "
+           "trial whose validation loss is worse than the median of the finished trials at the same step.")
+values: dict = {}
+left, right = st.columns(2)
+source = left.radio("Model", ["Bundled", "Local folder"], horizontal=True, key="sweep_model_source",
+                    help=FIELDS["model"].metadata["help"])
+values["model"] = DEFAULT_MODEL if source == "Bundled" else left.text_input(
+    "Model folder", key="sweep_model_folder", placeholder="/path/to/hf-model-folder") or ""
+values["task"] = right.selectbox("Task", list(BUILTIN), key="sweep_task",
+                                 format_func=lambda t: f"{t} - {BUILTIN[t].title}")
+c1, c2, c3 = st.columns(3)
+values["method"] = field_widget("method", c1)
+values["prompt_format"] = field_widget("prompt_format", c2)
+values["max_steps"] = field_widget("max_steps", c3, "Steps per trial")
+values["batch_size"] = field_widget("batch_size", c1)
+values["eval_every"] = field_widget("eval_every", c2, "Evaluate every N steps")
+values["max_input_tokens"] = field_widget("max_input_tokens", c3)
+values["save_every"] = values["eval_every"]  # a checkpoint at each evaluation: a cancelled trial keeps its last one
+
+g1, g2, g3 = st.columns([2, 2, 1])
+grid = {
+    "num_virtual_tokens": numbers(g1.text_input(LABELS["num_virtual_tokens"], "5, 20, 50, 100", key="sweep_tokens",
+                                                help="Virtual tokens to try, comma-separated."), int),
+    "learning_rate": numbers(g2.text_input(LABELS["learning_rate"], "0.3, 0.03, 0.003", key="sweep_lrs",
+                                           help="Learning rates to try, comma-separated."), float),
+}
+startup = g3.number_input("Prune after", 0, 100, sweeps.DEFAULT_PRUNER["n_startup_trials"], key="sweep_startup",
+                          help="Finished trials needed before the median pruner may stop a trial.")
+st.caption(f"{len(grid['num_virtual_tokens']) * len(grid['learning_rate'])} trials of {values['max_steps']} steps.")
+
+if st.button("Start sweep", type="primary", key="sweep_start"):
+    try:
+        sweep = sweeps.new_sweep(values, grid, pruner={"n_startup_trials": int(startup)})
+        sweeps.launch(sweep)
+        st.session_state[ERRORS] = {}
+        st.session_state["sweep_pick"] = sweep.id
+        st.success(f"Started sweep {sweep.id}")
+    except ConfigError as e:
+        st.session_state[ERRORS] = e.errors
+    except WorkbenchError as e:
+        st.error(str(e))
+errors = st.session_state.get(ERRORS) or {}
+for name, msg in errors.items():
+    label = LABELS.get(name) or name.replace("_", " ").capitalize()
+    st.error(f"{label}: {msg}", icon=":material/error:")
+if errors:
+    st.error(f"Nothing started: {len(errors)} setting(s) need fixing.", icon=":material/error:")
+
+
+@st.fragment(run_every=2.0)
+def live_sweep(sweep_id: str) -> None:
+    try:
+        sweep = sweeps.Sweep.open(sweep_id)
+        status, rows = sweep.status(), sweep.results()
+    except WorkbenchError as e:
+        st.info(str(e))
+        return
+    state, done, total = status.get("state", "unknown"), status.get("trials") or 0, status.get("total") or 1
+    cur = status.get("current") if state == "running" else None
+    now = f" · training trial {cur['number']}: {cur['params']['num_virtual_tokens']} tokens, lr " \
+          f"{cur['params']['learning_rate']:g}" if cur else ""
+    st.markdown(f"**{STATE_ICONS.get(state, '')} {sweep_id}** · state **{state}**")
+    st.progress(min(done / total, 1.0), text=f"{done}/{total} trials finished{now}")
+    if status.get("error"):
+        st.error(status["error"])
+    best = sweeps.best_trial(rows)
+    if best:
+        st.success(f"Best so far: {best['num_virtual_tokens']} tokens, lr {best['learning_rate']:g}: validation "
+                   f"loss {best['eval_loss']:.4f} (run {best['run_id']})", icon=":material/trophy:")
+    st.plotly_chart(sweep_figure(rows), key=f"sweep_chart_{sweep_id}", config={"displaylogo": False})
+    table = pd.DataFrame(rows).rename(columns={"num_virtual_tokens": "tokens", "learning_rate": "lr"})
+    st.dataframe(table, hide_index=True, width="stretch", key=f"sweep_table_{sweep_id}")
+    try:
+        if state in sweeps.ACTIVE and st.button("Cancel sweep", key="sweep_cancel",
+                                                help="The current trial saves a checkpoint and stops"):
+            st.toast(f"{sweep_id}: {sweeps.cancel(sweep_id)}")
+        if state in ("cancelled", "interrupted", "failed") and done < total and st.button(
+                "Continue", key="sweep_continue", help="Train the trials not finished yet"):
+            sweeps.launch(sweep)
+            st.toast(f"{sweep_id}: continuing")
+    except WorkbenchError as e:
+        st.error(str(e))
+
+
+st.subheader("Sweeps")
+listed = sweeps.list_sweeps()
+if not listed:
+    st.info("No sweep yet: choose the values above and press Start sweep.")
+    st.stop()
+ids = [r["id"] for r in listed]
+if st.session_state.get("sweep_pick") not in ids:
+    st.session_state["sweep_pick"] = ids[0]
+picked = st.selectbox("Sweep", ids, key="sweep_pick", format_func=lambda i: f"{i} ({listed[ids.index(i)]['state']})")
+with st.container(border=True):
+    live_sweep(picked)
