@@ -15,6 +15,10 @@ import streamlit as st  # noqa: E402
 PAGES = [
     ("home.py", "Home", ":material/home:"),
     ("tune.py", "Tune", ":material/model_training:"),
+    ("sweep.py", "Sweep", ":material/grid_view:"),
+    ("runs.py", "Runs", ":material/table_view:"),
+    ("compare.py", "Compare", ":material/compare:"),
+    ("explore.py", "Explore", ":material/scatter_plot:"),
 ]
 
 st.set_page_config(page_title="Soft Prompt Workbench", page_icon=":material/tune:", layout="wide")

@@ -1,0 +1,79 @@
+"""Compare: the same inputs through soft prompts, hard prompts and the bare model, side by side."""
+import streamlit as st
+
+from core.compare import CompareSpec, hard_systems, run_comparison, soft_system, stored
+from core.generator import Decoding
+from core.models import DEFAULT_MODEL
+from core.paths import WorkbenchError
+from core.runs import list_runs
+from core.tasks import BUILTIN, load_task
+from workbench.compare_view import render_metrics, render_rows
+from workbench.state import generator, sentence_embedder
+
+st.title("Compare soft and hard prompts")
+all_runs = list_runs()
+with st.sidebar:
+    model = st.selectbox("Model", sorted({DEFAULT_MODEL} | {r["model"] for r in all_runs if r["model"]}),
+                         key="cmp_model", help="Soft prompts are listed for the runs trained on this model.")
+    st.header("Inputs")
+    task = load_task(st.selectbox("Task", list(BUILTIN), key="cmp_task"))
+    source = st.radio("Inputs from", ["test split", "validation split", "pasted text"], key="cmp_source")
+    if source == "pasted text":
+        lines = st.text_area("One input per line", key="cmp_pasted", height=150).splitlines()
+        inputs = [{"input": x.strip(), "target": ""} for x in lines if x.strip()]
+    else:
+        split = task.split(source.split()[0])
+        n = st.slider("How many", 1, len(split), min(24, len(split)), key="cmp_n")
+        inputs = split[:n]
+    st.header("Decoding")
+    max_new = st.number_input("Max new tokens", 1, 256, 48, key="cmp_max_new")
+    temperature = st.slider("Temperature (0 = greedy)", 0.0, 2.0, 0.0, 0.05, key="cmp_temp")
+    top_p = st.slider("Top-p", 0.05, 1.0, 1.0, 0.05, key="cmp_top_p", disabled=temperature == 0)
+    seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="cmp_seed")
+    prompt_format = st.radio("Hard prompt format", ["chat", "plain"], horizontal=True, key="cmp_format")
+
+runs = [r for r in all_runs if r["model"] == model and r["state"] in ("completed", "cancelled")]
+st.subheader("Systems")
+c1, c2 = st.columns(2)
+picked = c1.multiselect("Soft prompts (trained runs)", [r["id"] for r in runs], key="cmp_runs",
+                        default=[r["id"] for r in runs if r["task"] == task.spec.name][:1])
+shots = c2.slider("Few-shot examples (0 = none)", 0, 8, 3, key="cmp_shots")
+template = st.text_area("Hard prompt template (edit to add a second hard prompt)", task.spec.hard_prompt,
+                        key=f"cmp_template_{task.spec.name}", height=90)
+decoding = Decoding(int(max_new), float(temperature), float(top_p), int(seed))
+try:
+    systems = [soft_system(r, model) for r in picked] + hard_systems(task, prompt_format, shots, template)
+except WorkbenchError as e:
+    st.error(str(e))
+    st.stop()
+if not picked:
+    st.info("No soft prompt picked: train one on the Tune page to see what it buys over the hard prompts.")
+spec = CompareSpec(inputs, systems, decoding, task.spec.kind, task.spec.labels, task.spec.main_metric)
+
+if st.button("Compare", type="primary", key="cmp_go"):
+    bar = st.progress(0.0, text="starting…")
+    try:
+        embedder = sentence_embedder() if all(x["target"] for x in inputs) else None
+        result = run_comparison(generator(model), spec, model, embedder,
+                                progress=lambda f, msg: bar.progress(f, text=msg))
+        st.session_state["cmp_key"] = result["key"]
+    except WorkbenchError as e:
+        st.error(str(e))
+    bar.empty()
+
+result = stored(st.session_state["cmp_key"]) if st.session_state.get("cmp_key") else None
+if result:
+    st.caption(f"{len(result['inputs'])} inputs × {len(result['systems'])} systems, "
+               f"generated in {result['seconds']:.1f} s · same decoding for every system: {result['decoding']}")
+    tab_metrics, tab_rows = st.tabs(["Metrics", "Outputs"])
+    with tab_metrics:
+        render_metrics(result)
+    with tab_rows:
+        render_rows(result)
+
+st.subheader("Playground")
+text = st.text_input("Type one input: every system above answers it", key="cmp_play")
+if text:
+    outs = generator(model).generate([(s, text) for s in systems], decoding)
+    for s, out in zip(systems, outs):
+        st.markdown(f"**{s.name}**: {out or '(empty)'}")

@@ -1,0 +1,64 @@
+"""Rendering of a stored comparison: metrics with CIs, the side-by-side table, row details."""
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import streamlit as st
+
+from core.charts import metric_figure
+from core.compare import disagreeing, soft_loses, table_rows, to_csv, to_json
+from core.metrics import token_f1
+
+
+def summary_table(result: dict) -> pd.DataFrame:
+    df = pd.DataFrame(result["summary"])
+    df["value"] = df.apply(lambda r: f"{r['mean']:.3f} [{r['low']:.3f}, {r['high']:.3f}]", axis=1)
+    return df.pivot(index="metric", columns="system", values="value")
+
+
+def render_metrics(result: dict) -> None:
+    if not result["summary"]:
+        st.info("These inputs have no references: outputs only, no metrics.")
+        return
+    st.caption("Mean over inputs with a 95% bootstrap confidence interval. ref_loglik: the base model's mean "
+               "log-probability per token of the reference under each prompt (higher is better).")
+    st.dataframe(summary_table(result), width="stretch", key="cmp_summary")
+    metrics = sorted({r["metric"] for r in result["summary"]})
+    main = result["main_metric"] if result["main_metric"] in metrics else metrics[0]
+    metric = st.selectbox("Chart metric", metrics, index=metrics.index(main), key="cmp_chart_metric")
+    st.plotly_chart(metric_figure(result["summary"], metric), key="cmp_chart")
+
+
+def _overlap_style(table: pd.DataFrame, names: list[str]):
+    def shade(row):
+        return [f"background-color: rgba(5, 150, 105, {0.5 * token_f1(str(row[c]), str(row['reference'])):.2f})"
+                if c in names and row["reference"] else "" for c in row.index]
+    return table.style.apply(shade, axis=1)
+
+
+def render_rows(result: dict) -> None:
+    names = [s["name"] for s in result["systems"]]
+    table = pd.DataFrame(table_rows(result))
+    view = st.radio("Rows", ["all", "systems disagree", "soft prompt loses"], horizontal=True, key="cmp_filter")
+    keep = {"all": list(range(len(table))), "systems disagree": disagreeing(result),
+            "soft prompt loses": soft_loses(result)}[view]
+    shown = table.iloc[keep]
+    st.caption(f"{len(shown)} of {len(table)} rows. Cell shade: word overlap with the reference (token F1).")
+    st.dataframe(_overlap_style(shown, names), hide_index=True, width="stretch", key="cmp_rows")
+    if len(shown):
+        i = st.selectbox("Show a row in full", shown["#"].tolist(), key="cmp_row_pick")
+        row = table.iloc[i]
+        ref_words = set(re.findall(r"\w+", str(row["reference"]).lower()))
+        with st.container(border=True):
+            st.markdown(f"**Input**\n\n{row['input']}")
+            st.markdown(f"**Reference**\n\n{row['reference'] or '(none)'}")
+            for n in names:
+                bolded = re.sub(r"\w+", lambda m: f"**{m.group(0)}**" if m.group(0).lower() in ref_words
+                                else m.group(0), str(row[n]))
+                st.markdown(f"**{n}**\n\n{bolded or '(empty)'}")
+    c1, c2 = st.columns(2)
+    c1.download_button("Export CSV", to_csv(result), file_name=f"comparison-{result['key']}.csv",
+                       mime="text/csv", key="cmp_csv")
+    c2.download_button("Export JSON", to_json(result), file_name=f"comparison-{result['key']}.json",
+                       mime="application/json", key="cmp_json")
