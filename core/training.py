@@ -7,6 +7,7 @@ A non-finite loss stops the run with state `failed` and a message.
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
 import signal
@@ -18,6 +19,7 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from core.config import TuneConfig
+from core.fastloss import labelled_loss
 from core.formatting import EncodedDataset, Formatter, PadCollator
 from core.methods import build_peft_model
 from core.models import load_model
@@ -125,6 +127,16 @@ def generate_texts(model, formatter: Formatter, inputs: list[str], max_new_token
     return outs
 
 
+class PromptTrainer(Trainer):
+    """Trainer whose loss runs the LM head only on labelled positions (core/fastloss.py)."""
+
+    loss_is_scaled_for_ga = False  # labelled_loss is a per-batch mean: Trainer divides for accumulation
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = labelled_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+
 def training_args(cfg: TuneConfig, run: Run) -> TrainingArguments:
     early = cfg.early_stopping_patience > 0
     return TrainingArguments(
@@ -137,7 +149,7 @@ def training_args(cfg: TuneConfig, run: Run) -> TrainingArguments:
         metric_for_best_model="eval_loss" if early else None, greater_is_better=False if early else None,
         seed=cfg.seed, data_seed=cfg.seed, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
         train_sampling_strategy="group_by_length", remove_unused_columns=False, label_names=["labels"],
-        save_only_model=False, use_cpu=not torch.cuda.is_available(),
+        save_only_model=False, use_cpu=not torch.cuda.is_available(), prediction_loss_only=True,
     )
 
 
@@ -174,8 +186,18 @@ def train(run: Run, resume: bool = False, progress: Callable | None = None, extr
     try:
         trainer, callback = setup(run, cfg, progress, stop, extra_callbacks)
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if is_main_process() and not callback.failure:
+            trainer.model.save_pretrained(str(run.adapter_dir))
     except WorkbenchError as e:
         return status(state="failed", error=str(e))
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            status(state="failed", error=f"{type(e).__name__}: {e}")
+            raise
+        last = run.last_checkpoint()
+        kept = f"it goes on from {last.name}, which is kept" if last else "it has no checkpoint yet: it starts again"
+        return status(state="failed", error=f"No space left on the disk while saving run {run.id!r} ({run.path}): "
+                                            f"free space on that disk, then resume the run ({kept}).")
     except Exception as e:  # an unexpected failure: keep the message for the status view
         status(state="failed", error=f"{type(e).__name__}: {e}")
         raise
@@ -184,8 +206,6 @@ def train(run: Run, resume: bool = False, progress: Callable | None = None, extr
     elapsed = (run.status().get("elapsed") or 0) + time.time() - t0
     if callback.failure:
         return status(state="failed", error=callback.failure, elapsed=elapsed)
-    if is_main_process():
-        trainer.model.save_pretrained(str(run.adapter_dir))
     state = "cancelled" if callback.stop_requested else "completed"
     return status(state=state, step=trainer.state.global_step, eta=0, elapsed=elapsed, pid=None)
 
@@ -197,7 +217,17 @@ def setup(run: Run, cfg: TuneConfig, progress: Callable | None, stop: dict | Non
     if cfg.batch_size > len(train_rows):
         raise WorkbenchError(f"batch_size {cfg.batch_size} is larger than the {len(train_rows)} training "
                              f"examples: use a batch size of at most {len(train_rows)}.")
+    if not task.validation:
+        n = len(task.train) + len(task.test)
+        raise WorkbenchError(f"Task {cfg.task!r} has only {n} example(s): give at least 3 (training, validation "
+                             "and test need one each; a few hundred train a useful soft prompt).")
     lm = load_model(cfg.model, cfg.trust_remote_code)
+    context = getattr(lm.model.config, "max_position_embeddings", None)
+    need = cfg.num_virtual_tokens + cfg.max_input_tokens + cfg.max_target_tokens + 1  # + the end marker
+    if context and need > context:
+        raise WorkbenchError(f"num_virtual_tokens + max_input_tokens + max_target_tokens + 1 = {need} tokens do not "
+                             f"fit the model's context of {context}: lower max_input_tokens or max_target_tokens "
+                             "(longer inputs and targets are truncated to them).")
     fmt = Formatter(lm.tokenizer, cfg.prompt_format.value, cfg.input_template, cfg.max_input_tokens,
                     cfg.max_target_tokens)
     model = build_peft_model(lm.model, lm.tokenizer, cfg, lm.path)
@@ -210,7 +240,7 @@ def setup(run: Run, cfg: TuneConfig, progress: Callable | None, stop: dict | Non
     if cfg.early_stopping_patience:
         from transformers import EarlyStoppingCallback
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience))
-    trainer = Trainer(model=model, args=training_args(cfg, run), train_dataset=train_ds,
+    trainer = PromptTrainer(model=model, args=training_args(cfg, run), train_dataset=train_ds,
                       eval_dataset=eval_ds if len(eval_ds) else None, data_collator=collator, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # our callback reports progress; no raw dicts on stdout
     return trainer, callback

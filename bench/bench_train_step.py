@@ -1,0 +1,118 @@
+"""Tuning-step cost on the bundled model: one training step of prompt tuning (20 virtual tokens,
+batch 8, 64-token inputs) against one plain no-grad forward pass over the same batch; PEFT's own
+loss path against the labelled-positions loss; the Trainer loop against a bare PyTorch loop.
+
+Prints each figure with its ratio and writes bench-results/train_step.json.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from core.config import TuneConfig  # noqa: E402
+from core.fastloss import labelled_loss  # noqa: E402
+from core.formatting import IGNORE, PadCollator  # noqa: E402
+from core.methods import build_peft_model  # noqa: E402
+from core.models import load_model  # noqa: E402
+from core.tasks import load_task  # noqa: E402
+
+B, T_IN, T_OUT, N_VIRT, REPS = 8, 64, 16, 20, 5
+
+
+def batch_of(tok) -> dict:
+    rows = load_task("summarisation").train[:B]
+    items = []
+    for r in rows:
+        x = tok(r["input"], add_special_tokens=False)["input_ids"][:T_IN]
+        y = tok(" " + r["target"], add_special_tokens=False)["input_ids"][:T_OUT]
+        items.append({"input_ids": x + y, "labels": [IGNORE] * len(x) + y})
+    return PadCollator(tok.pad_token_id)(items)
+
+
+def timed(fn, reps=REPS, warmup=2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> dict:
+    lm = load_model("smollm2-135m-instruct")
+    batch = batch_of(lm.tokenizer)
+    model = build_peft_model(lm.model, lm.tokenizer, TuneConfig(num_virtual_tokens=N_VIRT), lm.path)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+
+    def forward_only():
+        with torch.no_grad():
+            lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+    def step(loss_fn):
+        loss_fn().backward()
+        opt.step()
+        opt.zero_grad()
+
+    peft_loss = lambda: model(**batch).loss  # noqa: E731
+    ours = lambda: labelled_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])  # noqa: E731
+    fwd = timed(forward_only)
+    peft_step = timed(lambda: step(peft_loss))
+    our_step = timed(lambda: step(ours))
+    out = {"batch": B, "input_tokens": T_IN, "target_tokens": T_OUT, "virtual_tokens": N_VIRT,
+           "threads": torch.get_num_threads(), "forward_s": fwd, "peft_step_s": peft_step, "step_s": our_step,
+           "peft_step_over_forward": peft_step / fwd, "step_over_forward": our_step / fwd, "target_ratio": 1.8}
+    out.update(loop_overhead(lm))
+    return out
+
+
+def loop_overhead(lm, steps: int = 12) -> dict:
+    """Seconds per step of the Trainer loop as configured for runs, and of a bare loop doing the same work."""
+    import os
+    import tempfile
+
+    from core import training
+    from core.runs import new_run
+
+    os.environ["WORKBENCH_HOME"] = tempfile.mkdtemp()
+    cfg = TuneConfig(num_virtual_tokens=N_VIRT, max_steps=steps, batch_size=B, eval_every=10_000,
+                     save_every=10_000, prompt_format="plain", max_input_tokens=T_IN, max_target_tokens=T_OUT)
+    run = new_run(cfg)
+    trainer, _ = training.setup(run, cfg, None)
+    trainer.args.eval_on_start = False  # the loop alone: no evaluation or sample generation
+    t0 = time.perf_counter()
+    trainer.train()
+    trainer_s = (time.perf_counter() - t0) / steps
+    # the same work by hand: same model, data order, optimizer, schedule, clipping
+    model, loader = trainer.model, trainer.get_train_dataloader()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
+    t0 = time.perf_counter()
+    for i, b in zip(range(steps), loader):
+        loss = labelled_loss(model, b["input_ids"], b["attention_mask"], b["labels"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
+        opt.step()
+        opt.zero_grad()
+    bare_s = (time.perf_counter() - t0) / steps
+    return {"trainer_step_s": trainer_s, "bare_step_s": bare_s, "trainer_over_bare": trainer_s / bare_s,
+            "trainer_target_ratio": 1.05}
+
+
+if __name__ == "__main__":
+    res = main()
+    print(f"forward (no grad)        {res['forward_s']:.3f} s")
+    print(f"PEFT loss step           {res['peft_step_s']:.3f} s  = {res['peft_step_over_forward']:.2f}x forward")
+    print(f"labelled-loss step       {res['step_s']:.3f} s  = {res['step_over_forward']:.2f}x forward (target <= 1.8x)")
+    print(f"Trainer loop / bare loop {res['trainer_step_s']:.3f} / {res['bare_step_s']:.3f} s = "
+          f"{res['trainer_over_bare']:.3f}x (target <= 1.05x)")
+    Path("bench-results").mkdir(exist_ok=True)
+    Path("bench-results/train_step.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps(res))

@@ -1,0 +1,28 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from core.config import TuneConfig
+from core.fastloss import labelled_loss
+from core.formatting import EncodedDataset, Formatter, PadCollator
+from core.methods import build_peft_model
+
+
+@pytest.mark.parametrize("kw", [dict(method="prompt-tuning"), dict(method="p-tuning", encoder_type="lstm"),
+                                dict(method="prefix-tuning"), dict(method="prefix-tuning", prefix_projection=True)])
+def test_loss_and_gradients_equal_pefts(tiny_model_dir, tokenizer, kw):
+    torch.manual_seed(0)
+    cfg = TuneConfig(num_virtual_tokens=3, encoder_hidden_size=8, **kw)
+    model = build_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, cfg, tiny_model_dir)
+    fmt = Formatter(tokenizer, "chat", "Q: {input}")
+    rows = [{"input": "short", "target": "a"}, {"input": "a much longer input here", "target": "two words"}]
+    ds = EncodedDataset(rows, fmt)
+    batch = PadCollator(tokenizer.pad_token_id)([ds[0], ds[1]])
+    params = [p for p in model.parameters() if p.requires_grad]
+    ref = model(**batch).loss
+    ref_grads = torch.autograd.grad(ref, params)
+    ours = labelled_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    grads = torch.autograd.grad(ours, params)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, rtol=1e-4, atol=1e-6)
