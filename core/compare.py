@@ -92,8 +92,10 @@ def run_comparison(gen: Generator, spec: CompareSpec, model: str, embedder=None,
         return hit
     t0 = time.time()
     rows = [(s, x["input"]) for s in spec.systems for x in spec.inputs]
-    report = (lambda done, total: progress(0.9 * done / total, f"generating {done}/{total}")) if progress else None
-    texts = gen.generate(rows, spec.decoding, progress=report)
+    def report(done: int, total: int) -> None:
+        eta = (time.time() - t0) / done * (total - done)
+        progress(0.9 * done / total, f"generating {done}/{total} rows · ETA {eta:.0f} s")
+    texts = gen.generate(rows, spec.decoding, progress=report if progress else None)
     n = len(spec.inputs)
     outputs = {s.name: texts[i * n:(i + 1) * n] for i, s in enumerate(spec.systems)}
     refs = [x.get("target", "") for x in spec.inputs]

@@ -6,7 +6,7 @@ from core.generator import Decoding
 from core.models import DEFAULT_MODEL
 from core.paths import WorkbenchError
 from core.runs import list_runs
-from core.tasks import BUILTIN, load_task
+from core.tasks import BUILTIN, load_records, load_task, peek, save_upload
 from workbench.compare_view import render_metrics, render_rows
 from workbench.state import generator, sentence_embedder
 
@@ -17,10 +17,22 @@ with st.sidebar:
                          key="cmp_model", help="Soft prompts are listed for the runs trained on this model.")
     st.header("Inputs")
     task = load_task(st.selectbox("Task", list(BUILTIN), key="cmp_task"))
-    source = st.radio("Inputs from", ["test split", "validation split", "pasted text"], key="cmp_source")
+    source = st.radio("Inputs from", ["test split", "validation split", "pasted text", "a file"], key="cmp_source")
     if source == "pasted text":
         lines = st.text_area("One input per line", key="cmp_pasted", height=150).splitlines()
         inputs = [{"input": x.strip(), "target": ""} for x in lines if x.strip()]
+    elif source == "a file":
+        upload = st.file_uploader("CSV, JSONL or Parquet", type=["csv", "jsonl", "json", "parquet"], key="cmp_upload")
+        inputs = []
+        if upload is not None:
+            try:
+                path = save_upload(upload.name, upload.getvalue())
+                columns, _ = peek(path)
+                col_in = st.selectbox("Input column", columns, key="cmp_col_in")
+                col_ref = st.selectbox("Reference column", columns, key="cmp_col_ref")
+                inputs = load_records(path, col_in, col_ref)
+            except WorkbenchError as e:
+                st.error(str(e))
     else:
         split = task.split(source.split()[0])
         n = st.slider("How many", 1, len(split), min(24, len(split)), key="cmp_n")
@@ -74,6 +86,10 @@ if result:
 st.subheader("Playground")
 text = st.text_input("Type one input: every system above answers it", key="cmp_play")
 if text:
-    outs = generator(model).generate([(s, text) for s in systems], decoding)
+    try:
+        outs = generator(model).generate([(s, text) for s in systems], decoding)
+    except WorkbenchError as e:
+        st.error(str(e))
+        st.stop()
     for s, out in zip(systems, outs):
         st.markdown(f"**{s.name}**: {out or '(empty)'}")
