@@ -18,6 +18,7 @@ PAGES = [
     ("sweep.py", "Sweep", ":material/grid_view:"),
     ("runs.py", "Runs", ":material/table_view:"),
     ("compare.py", "Compare", ":material/compare:"),
+    ("explore.py", "Explore", ":material/scatter_plot:"),
 ]
 
 st.set_page_config(page_title="Soft Prompt Workbench", page_icon=":material/tune:", layout="wide")

@@ -1,0 +1,131 @@
+"""Explore page with AppTest on the tiny llama: the map with prompt markers and trajectories, search,
+the neighbour table (exact against LSH), the graph with its exports, prefix tuning and Graphistry.
+
+The map is limited to the first 3,000 token ids with 20 layout epochs (WORKBENCH_MAP_TOKENS /
+WORKBENCH_MAP_EPOCHS) and fitted once for the module, into the module's own model cache.
+"""
+import base64
+import json
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import explore, training
+from core.runs import new_run
+from tests.conftest import REPO, tiny_config
+
+PAGE = str(REPO / "pages" / "explore.py")
+MAP_TOKENS = 3000
+COLOURS = ("red", "blue", "green", "black", "white", "brown", "pink", "grey", "gold", "teal", "navy", "lime")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    """run-a: prompt tuning with checkpoints at steps 1 and 2; run-b: prefix tuning."""
+    root = tmp_path_factory.mktemp("explore")
+    data = root / "toy.jsonl"
+    data.write_text("".join(json.dumps({"input": f"Say {w}", "target": w}) + "\n" for w in COLOURS))
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in (("WORKBENCH_HOME", root / "ws"), ("WORKBENCH_MODEL_CACHE", root / "models"),
+                            ("WORKBENCH_MAP_TOKENS", MAP_TOKENS), ("WORKBENCH_MAP_EPOCHS", 20)):
+            mp.setenv(name, str(value))
+        for name in {n for names in explore.GRAPHISTRY_FIELDS.values() for n in names}:
+            mp.delenv(name, raising=False)
+        runs = (new_run(tiny_config(tiny_model_dir, str(data), max_steps=2, save_every=1), run_id="run-a"),
+                new_run(tiny_config(tiny_model_dir, str(data), max_steps=2, method="prefix-tuning"), run_id="run-b"))
+        for run in runs:
+            assert training.train(run)["state"] == "completed"
+        yield mp, root
+
+
+def page(runs) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["exp_runs"] = runs
+    return at.run()
+
+
+def traces(at) -> dict[str, int]:
+    """Trace name -> number of points of the first plotly chart (plotly sends arrays as base64)."""
+    def count(x):
+        return len(base64.b64decode(x["bdata"])) // np.dtype(x["dtype"]).itemsize if isinstance(x, dict) else len(x)
+    return {t["name"]: count(t["x"]) for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]}
+
+
+def test_no_runs_says_how_to_start(home):
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception and "Tune page" in at.info[0].value
+
+
+def test_map_prompts_trajectories_and_search(trained):
+    at = page(["run-a"])
+    assert not at.exception, at.exception
+    shown = traces(at)
+    assert shown == {f"vocabulary ({MAP_TOKENS:,} tokens)": MAP_TOKENS, "run-a": 4}
+    assert at.multiselect(key="exp_checkpoints").options == ["run-a @ 1", "run-a @ 2"]
+    at.multiselect(key="exp_checkpoints").set_value(["run-a @ 1", "run-a @ 2"]).run()
+    at.text_input(key="exp_search").set_value("the").run()
+    assert not at.exception, at.exception
+    shown = traces(at)
+    assert shown["run-a @ 1"] == shown["run-a"] == 4
+    assert "run-a @ 2" not in shown  # the last checkpoint is the final adapter: drawn once
+    assert shown["run-a trajectory"] == 4 * (2 + 1)  # 2 positions per virtual token, then a gap
+    assert shown["search: the"] >= 1 and any("␣the" in c.value for c in at.caption)
+    assert any("first 3,000 token ids" in c.value for c in at.caption)
+
+
+def test_prefix_run_is_explained_not_drawn(trained):
+    at = page(["run-b"])
+    assert not at.exception
+    assert any(explore.PREFIX_MESSAGE in i.value for i in at.info)
+    assert traces(at) == {f"vocabulary ({MAP_TOKENS:,} tokens)": MAP_TOKENS}
+
+
+def test_neighbour_table_exact_lsh_and_recall(trained):
+    at = page(["run-a", "run-b"])
+    at.session_state["exp_view"] = "Neighbours"
+    at.slider(key="exp_k").set_value(3).run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert len(table) == 4 and {"exact top-3", "LSH forest top-3", "LSH recall@3", "cosine to nearest"} <= set(
+        table.columns)
+    assert table["cosine to nearest"].between(-1, 1.0001).all()
+    recall = at.metric[0]
+    assert "recall@3" in recall.label and recall.value.endswith("%") and 0 <= float(recall.value[:-1]) <= 100
+    assert any("mean-centred" in c.value for c in at.caption)
+
+
+def test_graph_exports_and_graphistry(trained, monkeypatch):
+    at = page(["run-a"])
+    at.session_state["exp_view"] = "Graph"
+    at.session_state["exp_graph_n"] = 500
+    at.run()
+    assert not at.exception, at.exception
+    shown = traces(at)
+    tokens = next(count for name, count in shown.items() if name.startswith("tokens"))
+    assert shown["run-a"] == 4 and 500 <= tokens <= 500 + 4 * 3  # first 500 ids + attached neighbours
+    labels = [b.label for b in at.get("download_button")]
+    assert labels == ["Points (CSV)", "Edges (CSV)", "Points (Parquet)", "Edges (Parquet)"]
+    assert any("GRAPHISTRY_SERVER" in i.value for i in at.info)
+
+    sent = {}
+
+    def fake_upload(nodes, edges, settings, colors, name):
+        sent.update(nodes=nodes, edges=edges, settings=settings)
+        return "https://hub.example/graph/graph.html?dataset=x"
+
+    _, root = trained
+    monkeypatch.setattr(explore, "graphistry_upload", fake_upload)
+    monkeypatch.setenv("GRAPHISTRY_SERVER", "hub.example")
+    monkeypatch.setenv("GRAPHISTRY_USERNAME", "me")
+    monkeypatch.setenv("GRAPHISTRY_PASSWORD", "pw-never-on-disk")
+    at.run()
+    at.button(key="exp_graphistry").click().run()
+    assert not at.exception, at.exception
+    assert any("hub.example/graph" in s.value for s in at.success)
+    nodes = sent["nodes"]
+    assert (nodes["kind"] == "prompt").sum() == 4 and {"x", "y", "run", "label"} <= set(nodes.columns)
+    csv = explore.table_bytes(nodes, "csv").decode()
+    assert csv.startswith("id,label,kind,x,y,run,position,nearest,sim") and "run-a:v0" in csv
+    written = [p for p in (root / "ws").rglob("*") if p.is_file() and b"pw-never-on-disk" in p.read_bytes()]
+    assert written == []

@@ -1,0 +1,168 @@
+"""Explore page helpers: the model's fixed map (built once, with a progress bar), the LSH forest,
+token labels, and the plotly WebGL figures of the map and of the vocabulary graph."""
+from __future__ import annotations
+
+import html
+import threading
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.charts import PALETTE
+from core.embedmap import load_or_fit
+from core.explore import PromptSource, map_cache_dir, map_settings, token_labels
+from core.models import embedding_matrix
+from core.neighbors import LSHForestIndex
+from core.vocabgraph import PromptPoints
+from workbench.state import base_model
+
+ANCHOR_COLOR = "rgba(100, 116, 139, 0.35)"
+EDGE_COLOR = "rgba(100, 116, 139, 0.30)"
+SEARCH_COLOR = "#F59E0B"
+
+
+def anchors(spec: str) -> np.ndarray:
+    """The model's input embeddings (V, D), cut to WORKBENCH_MAP_TOKENS rows when that is set."""
+    limit, _ = map_settings()
+    a = embedding_matrix(base_model(spec).model).numpy()
+    return a[:limit] if limit else a
+
+
+@st.cache_resource(show_spinner=False)
+def _map_store() -> dict:
+    return {"lock": threading.Lock()}
+
+
+def vocab_map(spec: str):
+    """The model's VocabMap: from memory, else the disk cache, else a fit shown with a progress bar.
+
+    A cache-decorated function would replay the progress bar's messages on every later rerun,
+    so the map is kept in a dict that st.cache_resource holds instead.
+    """
+    limit, params = map_settings()
+    key = (spec, limit, tuple(sorted(params.items())))
+    store = _map_store()
+    with store["lock"]:
+        if key not in store:
+            bar = st.progress(0.0, text="Laying out the vocabulary (once per model; cached on disk)…")
+            try:
+                store[key] = load_or_fit(map_cache_dir(spec, limit), anchors(spec), **params,
+                                         progress=lambda f, msg: bar.progress(min(max(float(f), 0.0), 1.0), text=msg))
+            finally:
+                bar.empty()
+    return store[key]
+
+
+@st.cache_data(show_spinner=False)
+def labels(spec: str, n: int) -> list[str]:
+    return token_labels(base_model(spec).tokenizer, n)
+
+
+@st.cache_data(show_spinner=False)
+def token_norm(spec: str) -> float:
+    """Median L2 norm of the vocabulary embeddings (raw, not centred)."""
+    return float(np.median(np.linalg.norm(anchors(spec), axis=1)))
+
+
+@st.cache_resource(show_spinner="Building the LSH forest over the vocabulary…")
+def lsh_forest(spec: str, n_bits: int, num_perm: int, trees: int, bits_per_token: int) -> LSHForestIndex:
+    return LSHForestIndex(n_bits=n_bits, num_perm=num_perm, l=trees, bits_per_token=bits_per_token).fit(anchors(spec))
+
+
+def run_colors(run_ids: list[str]) -> dict[str, str]:
+    return {rid: PALETTE[i % len(PALETTE)] for i, rid in enumerate(dict.fromkeys(run_ids))}
+
+
+def _prompt_hover(label: str, pts: PromptPoints, names: list[str]) -> list[str]:
+    return [f"<b>{html.escape(label)}</b> · virtual token {j}<br>nearest: "
+            + ", ".join(f"{html.escape(names[i])} ({s:.2f})" for i, s in zip(pts.nearest[j], pts.sims[j]) if i >= 0)
+            for j in range(len(pts.xy))]
+
+
+def _layout(fig: go.Figure, height: int, revision: str) -> go.Figure:
+    fig.update_layout(height=height, margin=dict(l=0, r=0, t=30, b=10), plot_bgcolor="white", hovermode="closest",
+                      legend=dict(orientation="h", y=0, yanchor="top", x=0), uirevision=revision)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, scaleanchor="x", scaleratio=1)
+    return fig
+
+
+def _points(fig: go.Figure, x, y, name: str, hover: list[str], marker: dict, opacity: float = 1.0,
+            **shown) -> None:
+    """A WebGL trace that draws the points above the vocabulary, plus an invisible SVG twin that takes
+    the hover: SVG hover counts a marker's radius, WebGL hover only the distance to point centres, so
+    the dense tokens under a big marker would win it. (SVG is drawn below WebGL, hence the two.)"""
+    fig.add_trace(go.Scattergl(x=x, y=y, name=name, legendgroup=name, marker=marker, opacity=opacity,
+                               hoverinfo="skip", **{"mode": "markers", **shown}))
+    fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name=name, legendgroup=name, showlegend=False, text=hover,
+                             hovertemplate="%{text}<extra></extra>",
+                             marker=dict(size=marker["size"], color=marker["color"], opacity=0)))
+
+
+def map_figure(xy: np.ndarray, names: list[str], placed: list[tuple[PromptSource, PromptPoints]],
+               colors: dict[str, str], highlight=(), query: str = "", height: int = 720) -> go.Figure:
+    """Every token a faint point (one WebGL trace); prompts as large markers, one colour per run;
+    checkpoints small, joined per virtual token into a trajectory ending at the final adapter."""
+    fig = go.Figure(go.Scattergl(
+        x=xy[:, 0], y=xy[:, 1], mode="markers", name=f"vocabulary ({len(xy):,} tokens)",
+        marker=dict(size=3, color=ANCHOR_COLOR), text=[f"{html.escape(t)} · id {i}" for i, t in enumerate(names)],
+        hovertemplate="%{text}<extra></extra>"))
+    by_run: dict[str, list[PromptPoints]] = {}
+    for src, pts in placed:
+        by_run.setdefault(src.run_id, []).append(pts)
+    for run_id, steps in by_run.items():
+        if len(steps) > 1:
+            path = np.stack([p.xy for p in steps], axis=1)  # (P, S, 2): one polyline per virtual token
+            gaps = np.full((path.shape[0], 1, 2), np.nan)  # (P, 1, 2) breaks the line between tokens
+            line = np.concatenate([path, gaps], axis=1).reshape(-1, 2)  # (P * (S + 1), 2)
+            fig.add_trace(go.Scattergl(x=line[:, 0], y=line[:, 1], mode="lines", name=f"{run_id} trajectory",
+                                       line=dict(color=colors[run_id], width=1.5), opacity=0.6, hoverinfo="skip"))
+    for src, pts in sorted(placed, key=lambda item: item[0].step is not None):  # finals win hover ties
+        final = src.step is None
+        _points(fig, pts.xy[:, 0], pts.xy[:, 1], src.label, _prompt_hover(src.label, pts, names),
+                dict(size=15 if final else 8, color=colors[src.run_id], line=dict(color="white", width=1.5)),
+                opacity=1.0 if final else 0.6)
+    hl = np.asarray(highlight, dtype=np.int64)
+    if len(hl):
+        found = [names[i] for i in hl]
+        hover = [f"{html.escape(t)} · id {i}" for t, i in zip(found, hl)]
+        _points(fig, xy[hl, 0], xy[hl, 1], f"search: {query}", hover,
+                dict(size=14, symbol="star", color=SEARCH_COLOR, line=dict(color="black", width=1)),
+                mode="markers+text", text=found, textposition="top center")
+    return _layout(fig, height, "vocab-map")
+
+
+def _segments(x_of: np.ndarray, y_of: np.ndarray, edges: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    src, dst = edges["src"].to_numpy(), edges["dst"].to_numpy()
+    xs, ys = np.full(3 * len(src), np.nan), np.full(3 * len(src), np.nan)  # (3E,): a, b, gap
+    xs[0::3], xs[1::3], ys[0::3], ys[1::3] = x_of[src], x_of[dst], y_of[src], y_of[dst]
+    return xs, ys
+
+
+def graph_figure(nodes: pd.DataFrame, edges: pd.DataFrame, colors: dict[str, str], height: int = 720) -> go.Figure:
+    """The spanning tree at the map's fixed positions; prompt nodes linked to their nearest tokens.
+
+    colors: prompt label (the nodes' `run` column) -> colour."""
+    ids = nodes["id"].to_numpy()
+    x_of, y_of = np.full(ids.max() + 1, np.nan), np.full(ids.max() + 1, np.nan)
+    x_of[ids], y_of[ids] = nodes["x"].to_numpy(), nodes["y"].to_numpy()
+    tree = edges[edges["kind"] != "prompt"]
+    xs, ys = _segments(x_of, y_of, tree)
+    fig = go.Figure(go.Scattergl(x=xs, y=ys, mode="lines", name=f"spanning tree ({len(tree):,} edges)",
+                                 line=dict(color=EDGE_COLOR, width=1), hoverinfo="skip"))
+    anchor = nodes[nodes["kind"] == "anchor"]
+    fig.add_trace(go.Scattergl(x=anchor["x"], y=anchor["y"], mode="markers", name=f"tokens ({len(anchor):,})",
+                               marker=dict(size=4, color="rgba(71, 85, 105, 0.6)"),
+                               text=[html.escape(t) for t in anchor["label"]], hovertemplate="%{text}<extra></extra>"))
+    for run, group in edges[edges["kind"] == "prompt"].groupby("run", sort=False):
+        xs, ys = _segments(x_of, y_of, group)
+        fig.add_trace(go.Scattergl(x=xs, y=ys, mode="lines", name=f"{run} → nearest", hoverinfo="skip",
+                                   line=dict(color=colors.get(run, "#334155"), width=1.2), showlegend=False))
+    for run, group in nodes[nodes["kind"] == "prompt"].groupby("run", sort=False):
+        text = [f"<b>{html.escape(run)}</b> · virtual token {p}<br>nearest: {html.escape(n)} ({s:.2f})"
+                for p, n, s in zip(group["position"], group["nearest"], group["sim"])]
+        _points(fig, group["x"], group["y"], run, text,
+                dict(size=13, color=colors.get(run, "#334155"), line=dict(color="white", width=1.5)))
+    return _layout(fig, height, "vocab-graph")
