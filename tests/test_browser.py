@@ -1,7 +1,7 @@
 """The main flow in a real browser: Debian's chromium driven by Playwright against the running app.
 
 Start a short run on Tune, watch it reach `completed`, open Compare and see the soft prompt's
-column and metrics. Screenshots go to test-artifacts/.
+column and metrics, open Explore and see the map. Screenshots go to test-artifacts/.
 """
 import os
 import shutil
@@ -98,3 +98,10 @@ def test_tune_then_compare_in_a_real_browser(app, page):
     ticks = chart.text_content()  # the bar chart's axis names every system (the tables draw on canvas)
     assert "soft: " in ticks and "hard: default" in ticks and "hard: 3-shot" in ticks and "bare model" in ticks
     pg.screenshot(path=str(ARTIFACTS / "3-compare.png"), full_page=True)
+
+    pg.goto(f"{app}/explore")  # the first visit builds the vocabulary map (about a minute), then it is cached
+    pg.get_by_text("A fixed UMAP map").wait_for(timeout=480_000)
+    pg.locator(".js-plotly-plot").first.wait_for()
+    pg.wait_for_timeout(2000)
+    assert "49,152 input embeddings" in pg.inner_text("body")
+    pg.screenshot(path=str(ARTIFACTS / "4-explore.png"), full_page=True)
