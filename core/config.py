@@ -11,6 +11,9 @@ from typing import Optional
 from core.paths import WorkbenchError
 
 
+_DEFAULT_MODEL = "smollm2-135m-instruct"  # core.models.DEFAULT_MODEL (not imported: it loads torch)
+
+
 class Method(str, enum.Enum):
     PROMPT_TUNING = "prompt-tuning"
     P_TUNING = "p-tuning"
@@ -51,7 +54,7 @@ def _f(default, help: str, **kw):
 @dataclass
 class TuneConfig:
     # what to tune
-    model: str = _f("smollm2-135m-instruct", "Bundled model name, local Hugging Face folder, or hub id.")
+    model: str = _f(_DEFAULT_MODEL, "Bundled model name, local Hugging Face folder, or hub id.")
     task: str = _f("paraphrase", "Built-in task name, or a name for your own data when data_path is set.")
     data_path: Optional[str] = _f(None, "CSV, JSONL or Parquet file with your own examples (optional).")
     input_column: str = _f("input", "Column of data_path holding the model input.")
@@ -116,6 +119,8 @@ class TuneConfig:
             errors["init_text"] = "init=text needs init_text: the words whose embeddings start the prompt."
         if self.init == Init.CLASS_LABEL and not [w for w in self.label_words if str(w).strip()]:
             errors["label_words"] = "init=class-label needs label_words, e.g. positive, negative."
+        if not (self.model or "").strip():
+            errors["model"] = f"is empty: use the bundled model {_DEFAULT_MODEL!r} or give a model folder."
         if not (self.task or "").strip():
             errors["task"] = "is empty: name a built-in task or your dataset."
         if errors:

@@ -24,7 +24,7 @@ from transformers import DynamicCache
 
 from core.formatting import Formatter
 from core.paths import read_json
-from core.prompt_vectors import adapter_prompt
+from core.prompt_vectors import adapter_prompt, check_adapter_fits
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (B, H, L, d)
 
@@ -71,6 +71,7 @@ class Generator:
         if self._soft.get(adapter_dir, (None,))[0] != stamp:
             self._prefix = {k: v for k, v in self._prefix.items() if k[0] != adapter_dir}
             peft_type, arr = adapter_prompt(adapter_dir)
+            check_adapter_fits(adapter_dir, self.model.config, self.model.config.name_or_path)
             t = torch.from_numpy(arr).to(self.model.dtype)  # (N, width)
             if peft_type == "PREFIX_TUNING":
                 conf = read_json(f"{adapter_dir}/adapter_config.json")

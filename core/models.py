@@ -109,14 +109,14 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def load_model(spec: str = DEFAULT_MODEL, trust_remote_code: bool = False) -> LoadedModel:
-    """Load a frozen causal LM and its tokenizer; every failure is a WorkbenchError."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def model_config(spec: str, trust_remote_code: bool = False):
+    """The model's config, read without its weights; every failure is a WorkbenchError."""
+    return _read_config(spec, *resolve_model_dir(spec, trust_remote_code))
 
-    # Denormal floats make CPU matmuls 10-100x slower; prefix tuning produces them within a few
-    # steps (one 8-step run: 107 s with them, 6.7 s flushed). Flushing them changes nothing visible.
-    torch.set_flush_denormal(True)
-    where, kwargs = resolve_model_dir(spec, trust_remote_code)
+
+def _read_config(spec: str, where: str, kwargs: dict):
+    from transformers import AutoConfig
+
     try:
         config = AutoConfig.from_pretrained(where, **kwargs)
     except OSError as e:
@@ -128,6 +128,18 @@ def load_model(spec: str = DEFAULT_MODEL, trust_remote_code: bool = False) -> Lo
         raise WorkbenchError(f"Could not read the model config of {spec!r}: {e}") from e
     except ValueError as e:
         raise WorkbenchError(f"Model {spec!r} cannot be loaded: {e}") from e
+    return config
+
+
+def load_model(spec: str = DEFAULT_MODEL, trust_remote_code: bool = False) -> LoadedModel:
+    """Load a frozen causal LM and its tokenizer; every failure is a WorkbenchError."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # Denormal floats make CPU matmuls 10-100x slower; prefix tuning produces them within a few
+    # steps (one 8-step run: 107 s with them, 6.7 s flushed). Flushing them changes nothing visible.
+    torch.set_flush_denormal(True)
+    where, kwargs = resolve_model_dir(spec, trust_remote_code)
+    config = _read_config(spec, where, kwargs)
     try:
         model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, use_safetensors=True, **kwargs)
     except ValueError as e:
@@ -140,7 +152,11 @@ def load_model(spec: str = DEFAULT_MODEL, trust_remote_code: bool = False) -> Lo
             f"Model {spec!r} has no readable safetensors weights ({str(e).splitlines()[0]}). "
             "The workbench reads safetensors only: re-save the model with safe_serialization=True."
         ) from e
-    tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    except (OSError, ValueError, TypeError) as e:
+        raise WorkbenchError(f"Model {spec!r} has no usable tokenizer: save it next to the weights with "
+                             "tokenizer.save_pretrained(folder).") from e
     prepare_tokenizer(tokenizer)
     freeze(model)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, path=where)

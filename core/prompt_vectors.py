@@ -36,6 +36,34 @@ def adapter_prompt(adapter_dir: str | Path) -> tuple[str, np.ndarray]:
     return conf.get("peft_type", ""), tensors["prompt_embeddings"].astype(np.float32)
 
 
+def check_adapter_fits(adapter_dir: str | Path, model_config, model_name: str) -> None:
+    """Raise a WorkbenchError naming the mismatch when an adapter's shapes do not fit a base model.
+
+    The expected shapes are the ones PEFT itself derives from the model config when it builds
+    a soft prompt: the token width (hidden size; per-layer key/value width for prefix tuning),
+    and for prefix tuning the number of layers and key/value heads.
+    """
+    from peft import PEFT_TYPE_TO_CONFIG_MAPPING
+    from peft.utils.other import _prepare_prompt_learning_config
+
+    conf = read_json(Path(adapter_dir) / "adapter_config.json") or {}
+    peft_type = conf.get("peft_type")
+    if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING or "num_virtual_tokens" not in conf:
+        raise WorkbenchError(f"{adapter_dir} holds no soft-prompt adapter_config.json: re-train or re-import it.")
+    expected = _prepare_prompt_learning_config(
+        PEFT_TYPE_TO_CONFIG_MAPPING[peft_type](task_type="CAUSAL_LM", num_virtual_tokens=conf["num_virtual_tokens"]),
+        model_config)
+    checked = {"token_dim": "key/value width", "num_layers": "layers", "num_attention_heads": "key/value heads"} \
+        if peft_type == "PREFIX_TUNING" else {"token_dim": "hidden size"}
+    wrong = [f"{label} {conf.get(k)} where the model has {getattr(expected, k)}"
+             for k, label in checked.items() if conf.get(k) is not None and conf.get(k) != getattr(expected, k)]
+    if wrong:
+        raise WorkbenchError(
+            f"The adapter in {adapter_dir} (trained on {conf.get('base_model_name_or_path')!r}) does not fit model "
+            f"{model_name!r}: {'; '.join(wrong)}. Use it with the base model it was trained on."
+        )
+
+
 def input_space_vectors(adapter_dir: str | Path) -> np.ndarray | None:
     """The prompt's virtual-token input embeddings (N, D), or None for prefix tuning."""
     peft_type, vectors = adapter_prompt(adapter_dir)
@@ -44,6 +72,10 @@ def input_space_vectors(adapter_dir: str | Path) -> np.ndarray | None:
 
 def nearest_tokens(vectors: np.ndarray, index: ExactCosine, tokenizer, k: int = 5) -> list[dict]:
     """One row per virtual token: its k nearest vocabulary tokens by exact cosine (mean-centred)."""
+    if vectors.shape[1] != index.mean_.shape[0]:
+        raise WorkbenchError(f"The prompt vectors have width {vectors.shape[1]} but the model's embeddings have "
+                             f"{index.mean_.shape[0]}: the adapter belongs to another base model; open it with "
+                             "that one.")
     idx, sims = index.query(vectors, k)
     rows = []
     for i, (ids, ss) in enumerate(zip(idx, sims)):

@@ -87,8 +87,15 @@ class Run:
         return sorted(cks, key=lambda p: int(p.name.split("-")[-1]))
 
     def last_checkpoint(self) -> Path | None:
-        cks = self.checkpoints()
-        return cks[-1] if cks else None
+        """The newest complete checkpoint whose trainer_state.json is readable (a save cut by a crash
+        or a full disk is skipped: the one before it is used)."""
+        for ck in reversed(self.checkpoints()):
+            try:
+                if read_json(ck / "trainer_state.json"):
+                    return ck
+            except ValueError:
+                continue
+        return None
 
     def summary(self) -> dict:
         st, cfg = self.status(), read_json(self.path / "config.json", default={}) or {}
@@ -151,9 +158,15 @@ def delete_run(run_id: str) -> None:
 def import_adapter(src: str | Path, model: str = "smollm2-135m-instruct", task: str = "imported",
                    run_id: str | None = None) -> Run:
     """Copy a PEFT soft-prompt adapter trained elsewhere into a new run (state: completed)."""
+    from core.models import model_config
+    from core.prompt_vectors import adapter_prompt, check_adapter_fits
+
     src = Path(src).expanduser()
-    conf = read_json(src / "adapter_config.json") if (src / "adapter_config.json").exists() else None
-    if conf is None or not (src / "adapter_model.safetensors").exists():
+    try:
+        conf = read_json(src / "adapter_config.json")
+    except ValueError:
+        conf = None
+    if not isinstance(conf, dict) or not (src / "adapter_model.safetensors").exists():
         raise WorkbenchError(
             f"{str(src)!r} is not a PEFT adapter folder: it needs adapter_config.json and "
             "adapter_model.safetensors (save with model.save_pretrained(folder))."
@@ -164,6 +177,8 @@ def import_adapter(src: str | Path, model: str = "smollm2-135m-instruct", task: 
             f"Adapter type {conf.get('peft_type')!r} is not a soft prompt: import prompt tuning, "
             "P-tuning or prefix tuning adapters."
         )
+    adapter_prompt(src)  # the weights are a readable safetensors file
+    check_adapter_fits(src, model_config(model), model)
     cfg = TuneConfig(model=model, task=task, method=method, num_virtual_tokens=int(conf["num_virtual_tokens"]),
                      init="random", max_steps=1)
     run = new_run(cfg, run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-imported-{method}")

@@ -6,6 +6,8 @@ plus a default hard prompt and the metric that matters for it.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,9 +63,13 @@ class TaskData:
         return getattr(self, name)
 
 
-def load_records(path: str | Path, input_column: str = "input", target_column: str = "target") -> list[dict]:
-    """Read a CSV / JSONL / Parquet file with `datasets` and map two columns to input/target."""
-    path = Path(path).expanduser()
+def max_data_bytes() -> int:
+    """Largest data file the loader reads: $WORKBENCH_MAX_DATA_MB, default 100 MB."""
+    return int(float(os.environ.get("WORKBENCH_MAX_DATA_MB", "100")) * 1024 * 1024)
+
+
+def check_file(path: Path) -> str:
+    """The `datasets` format of a data file, after the checks that need no parsing (and no full read)."""
     if not path.is_file():
         raise WorkbenchError(f"Data file {str(path)!r} does not exist: check the path.")
     fmt = FORMATS.get(path.suffix.lower())
@@ -71,9 +77,27 @@ def load_records(path: str | Path, input_column: str = "input", target_column: s
         raise WorkbenchError(
             f"Data file {path.name!r} has an unsupported type {path.suffix!r}: use .csv, .jsonl or .parquet."
         )
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise WorkbenchError(f"Data file {path.name!r} is empty: it needs a header/keys and at least one row.")
-    ds = _read_dataset(path, fmt)
+    if size > max_data_bytes():
+        raise WorkbenchError(
+            f"Data file {path.name!r} is {size / 2**20:.0f} MB, over the {max_data_bytes() / 2**20:.0f} MB limit: "
+            "use a sample of it (a few thousand examples are plenty for a soft prompt), or raise "
+            "WORKBENCH_MAX_DATA_MB."
+        )
+    if fmt != "parquet":
+        with open(path, "rb") as f:
+            if b"\0" in f.read(8192):
+                raise WorkbenchError(f"Data file {path.name!r} is binary, not {fmt.upper()} text: export it as "
+                                     "UTF-8 CSV or JSONL (one object per line) and load it again.")
+    return fmt
+
+
+def load_records(path: str | Path, input_column: str = "input", target_column: str = "target") -> list[dict]:
+    """Read a CSV / JSONL / Parquet file with `datasets` and map two columns to input/target."""
+    path = Path(path).expanduser()
+    ds = _read_dataset(path, check_file(path))
     missing = [c for c in (input_column, target_column) if c not in ds.column_names]
     if missing:
         raise WorkbenchError(
@@ -93,19 +117,18 @@ def load_records(path: str | Path, input_column: str = "input", target_column: s
 def peek(path: str | Path, n: int = 5) -> tuple[list[str], list[dict]]:
     """Column names and the first n rows of a data file (for column mapping and a preview)."""
     path = Path(path)
-    fmt = FORMATS.get(path.suffix.lower())
-    if fmt is None or not path.is_file() or path.stat().st_size == 0:
-        load_records(path)  # raises the same clear error a run would
-    ds = _read_dataset(path, fmt)
+    ds = _read_dataset(path, check_file(path))  # the same clear errors a run would raise
     return ds.column_names, [dict(r) for r in ds.select(range(min(n, len(ds))))]
 
 
 def save_upload(name: str, data: bytes) -> Path:
-    """Store an uploaded file under <workspace>/uploads with a sanitised name."""
-    folder = workspace() / "uploads"
+    """Store an uploaded file as <workspace>/uploads/<content hash>/<sanitised name>: a later upload
+    with the same name never changes the data of a run that already uses the first one."""
+    folder = workspace() / "uploads" / hashlib.sha256(data).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / safe_filename(name)
-    path.write_bytes(data)
+    if not path.exists():
+        path.write_bytes(data)
     return path
 
 
@@ -125,8 +148,11 @@ def _read_dataset(path: Path, fmt: str):
             raise WorkbenchError(
                 f"Data file {path.name!r} is not UTF-8 text: re-save it as UTF-8 and upload it again."
             ) from e
+        detail = str(cause).splitlines()[0][:200].rstrip(".") if str(cause).strip() else type(cause).__name__
+        if "corresponds to no data" in detail:
+            raise WorkbenchError(f"Data file {path.name!r} has no rows: add examples below the header.") from e
         raise WorkbenchError(
-            f"Data file {path.name!r} could not be read as {fmt.upper()}: {str(cause).splitlines()[0][:200]}. "
+            f"Data file {path.name!r} could not be read as {fmt.upper()}: {detail}. "
             "Check that every line/row is well formed."
         ) from e
 

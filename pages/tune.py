@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from core import jobs
-from core.models import DEFAULT_MODEL
+from core.models import DEFAULT_MODEL, resolve_model_dir
 from core.paths import WorkbenchError
 from core.tasks import BUILTIN, peek, save_upload
 from workbench.config_form import ERRORS_KEY, FIELDS, build_config, field_widget
@@ -18,6 +18,9 @@ source = left.radio("Model", ["Bundled", "Local folder"], horizontal=True, key="
                     help=FIELDS["model"].metadata["help"])
 values["model"] = DEFAULT_MODEL if source == "Bundled" else left.text_input(
     "Model folder", key="model_folder", placeholder="/path/to/hf-model-folder") or ""
+for name, where in (("model", left), ("task", right)):  # fields without a generated widget
+    if err := st.session_state.get(ERRORS_KEY, {}).get(name):
+        where.error(f"{name.capitalize()}: {err}", icon=":material/error:")
 data_kind = right.radio("Data", ["Built-in task", "My file"], horizontal=True, key="data_kind")
 if data_kind == "Built-in task":
     values["task"] = right.selectbox("Task", list(BUILTIN), key="cfg_task",
@@ -82,6 +85,8 @@ if st.button("Start", type="primary", key="start"):
     if cfg is None:
         st.rerun()  # draw each message next to its field
     try:
+        if source == "Local folder":
+            resolve_model_dir(cfg.model, cfg.trust_remote_code)  # a missing folder is named now, not by the run
         run = jobs.submit(cfg)
         st.session_state.setdefault("watching", []).insert(0, run.id)
         st.success(f"Started run {run.id}")
