@@ -43,6 +43,7 @@ class Decoding:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int = 0
+    stop_at_newline: bool = False  # end an output at its first line break after some text
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Generator:
     batch_size: int = 8
     _soft: dict = field(default_factory=dict)
     _prefix: dict = field(default_factory=dict)
+    _token_kinds: tuple | None = None
 
     def formatter(self, system: System) -> Formatter:
         return Formatter(self.tokenizer, system.prompt_format, system.template, self.max_input_tokens)
@@ -120,7 +122,8 @@ class Generator:
             idx = order[b:b + self.batch_size]
             tokens = self._generate_batch([encoded[i] for i in idx], decoding, gen)
             for i, toks in zip(idx, tokens):
-                outs[i] = self.formatter(rows[i][0]).clean_output(self.tokenizer.decode(toks))
+                text = self.formatter(rows[i][0]).clean_output(self.tokenizer.decode(toks))
+                outs[i] = text.split("\n")[0].strip() if decoding.stop_at_newline else text
             if progress:
                 progress(min(b + self.batch_size, len(order)), len(order))
         return outs
@@ -156,6 +159,8 @@ class Generator:
         B, pad = ids.shape[0], self.tokenizer.pad_token_id
         stops = _stop_ids(self.tokenizer)
         done = torch.zeros(B, dtype=torch.bool)
+        has_text = torch.zeros(B, dtype=torch.bool)
+        breaks, texts = self.token_kinds() if decoding.stop_at_newline else (None, None)
         out: list[list[int]] = [[] for _ in range(B)]
         for _ in range(decoding.max_new_tokens):
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
@@ -165,12 +170,25 @@ class Generator:
                 if not done[r]:
                     out[r].append(int(nxt[r]))
             done |= torch.isin(nxt, stops)
+            if breaks is not None:  # a line break ends the output once it has some text
+                done |= breaks[nxt] & (has_text | texts[nxt])
+                has_text |= texts[nxt]
             if done.all():
                 break
             ids = torch.where(done, torch.full_like(nxt, pad), nxt)[:, None]  # (B, 1)
             mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.long)], dim=1)
             pos = pos[:, -1:] + 1
         return out
+
+    def token_kinds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per vocabulary id: does its text hold a line break; does it hold anything but whitespace."""
+        if self._token_kinds is None:
+            words = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+            size = max(len(words), self.model.get_output_embeddings().weight.shape[0])
+            words += [""] * (size - len(words))  # ids the tokenizer does not know (padded LM heads)
+            self._token_kinds = (torch.tensor(["\n" in w for w in words]),
+                                 torch.tensor([bool(w.strip()) for w in words]))
+        return self._token_kinds
 
     @torch.no_grad()
     def log_likelihood(self, rows: list[tuple[System, str, str]]) -> list[float]:

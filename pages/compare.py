@@ -42,6 +42,11 @@ with st.sidebar:
     temperature = st.slider("Temperature (0 = greedy)", 0.0, 2.0, 0.0, 0.05, key="cmp_temp")
     top_p = st.slider("Top-p", 0.05, 1.0, 1.0, 0.05, key="cmp_top_p", disabled=temperature == 0)
     seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="cmp_seed")
+    one_line = st.checkbox("Stop at the first line break", key="cmp_one_line",
+                           value=bool(inputs) and not any("\n" in x.get("target", "").strip() for x in inputs),
+                           help="Each output ends at its first line break after some text, for every system alike. "
+                                "On by default when no reference spans several lines (all built-in tasks): "
+                                "few-shot prompts otherwise run on into the next made-up example.")
     prompt_format = st.radio("Hard prompt format", ["chat", "plain"], horizontal=True, key="cmp_format")
 
 runs = [r for r in all_runs if r["model"] == model and r["state"] in ("completed", "cancelled")]
@@ -52,7 +57,7 @@ picked = c1.multiselect("Soft prompts (trained runs)", [r["id"] for r in runs], 
 shots = c2.slider("Few-shot examples (0 = none)", 0, 8, 3, key="cmp_shots")
 template = st.text_area("Hard prompt template (edit to add a second hard prompt)", task.spec.hard_prompt,
                         key=f"cmp_template_{task.spec.name}", height=90)
-decoding = Decoding(int(max_new), float(temperature), float(top_p), int(seed))
+decoding = Decoding(int(max_new), float(temperature), float(top_p), int(seed), bool(one_line))
 try:
     systems = [soft_system(r, model) for r in picked] + hard_systems(task, prompt_format, shots, template)
 except WorkbenchError as e:

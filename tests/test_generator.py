@@ -102,3 +102,37 @@ def test_reference_log_likelihood_matches_the_peft_loss(lm, tiny_model_dir, toke
         with torch.no_grad():
             loss = ref(input_ids=torch.tensor([enc["input_ids"]]), labels=torch.tensor([enc["labels"]])).loss
         assert value == pytest.approx(-loss.item(), abs=1e-4)
+
+
+def test_stop_at_newline_ends_each_row_at_its_first_break_after_text(lm):
+    """Rows stop at the first line-break token once they hold text; a break before any text does not stop."""
+    gen = Generator(lm.model, lm.tokenizer, batch_size=4)
+    system = System("bare", prompt_format="plain")
+    rows = [(system, gen.formatter(system).prompt_ids(x)) for x in INPUTS]
+    sampled = dict(max_new_tokens=8, temperature=1.5)  # varied tokens (greedy repeats one on the tiny model)
+    full = gen._generate_batch(rows, Decoding(**sampled), torch.Generator().manual_seed(0))
+    breaks, texts = (torch.zeros(lm.model.config.vocab_size, dtype=torch.bool) for _ in range(2))
+    texts[:] = True
+    texts[full[0][0]] = False  # row 0 starts with a blank token ...
+    breaks[full[0][0]] = True  # ... that is also a break: with no text before it, row 0 goes on
+    later = next(t for t in full[1][1:] if t != full[0][0])
+    breaks[later] = True
+    gen._token_kinds = (breaks, texts)
+    stopped = gen._generate_batch(rows, Decoding(**sampled, stop_at_newline=True), torch.Generator().manual_seed(0))
+
+    def cut(ref):
+        for i, t in enumerate(ref):
+            if breaks[t] and any(texts[u] for u in ref[:i + 1]):
+                return ref[:i + 1]
+        return ref
+    assert stopped == [cut(ref) for ref in full]
+    assert len(stopped[1]) < len(full[1]) and stopped[0][0] == full[0][0]
+
+
+def test_stop_at_newline_keeps_the_first_line_of_real_text(lm):
+    gen = Generator(lm.model, lm.tokenizer)
+    breaks, texts = gen.token_kinds()
+    nl = lm.tokenizer.encode("\n", add_special_tokens=False)
+    assert all(breaks[i] and not texts[i] for i in nl)
+    word = lm.tokenizer.encode(" apple", add_special_tokens=False)
+    assert all(texts[i] and not breaks[i] for i in word)
