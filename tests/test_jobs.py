@@ -47,3 +47,18 @@ def test_cancel_a_queued_run_and_resume_it(home, tiny_model_dir, toy_data):
     assert jobs.cancel(run.id) == "cancelled" and run.status()["state"] == "cancelled"
     jobs.resume(run.id, queue=False)  # no checkpoint yet: starts from the beginning
     assert wait(lambda: run.status()["state"] == "completed")
+
+
+def test_graphistry_credentials_never_reach_run_folders_or_logs(home, tiny_model_dir, toy_data, monkeypatch):
+    """A run process inherits the app's environment, Graphistry secrets included: none may be written."""
+    secrets = {"GRAPHISTRY_SERVER": "hub.example", "GRAPHISTRY_USERNAME": "user-sentinel-71",
+               "GRAPHISTRY_PASSWORD": "pw-sentinel-93", "GRAPHISTRY_API_TOKEN": "token-sentinel-44",
+               "GRAPHISTRY_PERSONAL_KEY_SECRET": "pks-sentinel-12"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    run = jobs.submit(tiny_config(tiny_model_dir, toy_data, max_steps=2), queue=False)
+    assert wait(lambda: run.status()["state"] == "completed"), run.status()
+    files = [p for p in home.rglob("*") if p.is_file()]
+    assert (run.path / "log.txt") in files and (run.path / "adapter" / "adapter_config.json") in files
+    leaked = [(p, s) for p in files for s in secrets.values() if s != "hub.example" and s.encode() in p.read_bytes()]
+    assert leaked == []
