@@ -62,11 +62,12 @@ def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def cache_key(spec: CompareSpec, model: str) -> str:
+def cache_key(spec: CompareSpec, model: str, max_input_tokens: int | None = None) -> str:
     systems = [{**dataclasses.asdict(s), "adapter": _file_hash(Path(s.adapter_dir) / "adapter_model.safetensors")
                 if s.adapter_dir else None} for s in spec.systems]
     blob = json.dumps({"model": model, "systems": systems, "inputs": spec.inputs,
-                       "decoding": dataclasses.asdict(spec.decoding), "kind": spec.kind}, sort_keys=True)
+                       "decoding": dataclasses.asdict(spec.decoding), "kind": spec.kind,
+                       "max_input_tokens": max_input_tokens}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -87,7 +88,7 @@ def run_comparison(gen: Generator, spec: CompareSpec, model: str, embedder=None,
         raise WorkbenchError("There are no inputs to compare: pick a split, paste inputs or upload a file.")
     if not spec.systems:
         raise WorkbenchError("Pick at least one system to compare.")
-    key = cache_key(spec, model)
+    key = cache_key(spec, model, gen.max_input_tokens)
     if (hit := stored(key)) is not None:
         return hit
     t0 = time.time()

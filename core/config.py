@@ -140,8 +140,22 @@ class TuneConfig:
             raise ConfigError({k: "is not a config field (check its spelling)." for k in unknown})
         return cls(**data)
 
+    @classmethod
+    def for_task(cls, **values) -> "TuneConfig":
+        """A config with the built-in task's tuned defaults under `values` (see with_task_defaults)."""
+        return cls.from_dict(with_task_defaults(values))
+
     def replace(self, **changes) -> "TuneConfig":
         return TuneConfig.from_dict({**self.to_dict(), **changes})
+
+
+def with_task_defaults(values: dict) -> dict:
+    """`values` over the tuned defaults of its built-in task (core.tasks.TASK_DEFAULTS); own data
+    (data_path set) and unknown tasks keep TuneConfig's general defaults."""
+    from core.tasks import task_defaults
+
+    task = values.get("task") or TuneConfig.task
+    return {**({} if values.get("data_path") else task_defaults(task)), **values}
 
 
 _ENUMS = {"method": Method, "init": Init, "encoder_type": EncoderType, "prompt_format": PromptFormat}

@@ -56,7 +56,7 @@ class _Prefix:
 class Generator:
     model: torch.nn.Module  # frozen base causal LM
     tokenizer: object
-    max_input_tokens: int = 256
+    max_input_tokens: int = 2048  # whole few-shot prompts; longer ones lose their middle (see Formatter)
     batch_size: int = 8
     _soft: dict = field(default_factory=dict)
     _prefix: dict = field(default_factory=dict)

@@ -5,7 +5,10 @@ import json
 import os
 import re
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -46,13 +49,43 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
+def child_path(root: Path, item_id: str, what: str = "Run") -> Path:
+    """The folder `item_id` of `root`, guaranteed to sit directly inside it."""
+    path = (root / check_run_id(item_id)).resolve()
+    if path.parent != root:
+        raise WorkbenchError(f"{what} id {item_id!r} points outside the workspace {root}.")
+    return path
+
+
 def run_path(run_id: str) -> Path:
     """The folder of a run, guaranteed to sit directly inside the runs folder."""
-    root = runs_dir()
-    path = (root / check_run_id(run_id)).resolve()
-    if path.parent != root:
-        raise WorkbenchError(f"Run id {run_id!r} points outside the workspace {root}.")
-    return path
+    return child_path(runs_dir(), run_id)
+
+
+@dataclass
+class IdFolder:
+    """A workspace folder named by an id (a run, a sweep) that holds `MARKER` and a status.json."""
+    id: str
+    path: Path
+    MARKER: ClassVar[str] = ""
+    MISSING: ClassVar[str] = "{id!r} does not exist."
+
+    @classmethod
+    def locate(cls, item_id: str) -> Path:
+        raise NotImplementedError
+
+    @classmethod
+    def open(cls, item_id: str):
+        path = cls.locate(item_id)
+        if not (path / cls.MARKER).exists():
+            raise WorkbenchError(cls.MISSING.format(id=item_id))
+        return cls(item_id, path)
+
+    def set_status(self, **fields) -> dict:
+        st = read_json(self.path / "status.json", default={}) or {}
+        st.update(fields, updated=time.time())
+        write_json_atomic(self.path / "status.json", st)
+        return st
 
 
 def safe_filename(name: str) -> str:

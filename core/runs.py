@@ -16,23 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import TuneConfig
-from core.paths import WorkbenchError, check_run_id, read_json, run_path, runs_dir, write_json_atomic
+from core.paths import IdFolder, WorkbenchError, check_run_id, read_json, run_path, runs_dir, write_json_atomic
 
 ACTIVE = ("queued", "starting", "running")
 PROMPT_PEFT_TYPES = {"PROMPT_TUNING": "prompt-tuning", "P_TUNING": "p-tuning", "PREFIX_TUNING": "prefix-tuning"}
 
 
 @dataclass
-class Run:
-    id: str
-    path: Path
-
-    @classmethod
-    def open(cls, run_id: str) -> "Run":
-        path = run_path(run_id)
-        if not (path / "config.json").exists():
-            raise WorkbenchError(f"Run {run_id!r} does not exist: `python -m workbench runs` lists the runs.")
-        return cls(run_id, path)
+class Run(IdFolder):
+    MARKER = "config.json"
+    MISSING = "Run {id!r} does not exist: `python -m workbench runs` lists the runs."
+    locate = staticmethod(run_path)
 
     @property
     def adapter_dir(self) -> Path:
@@ -51,12 +45,6 @@ class Run:
         if st.get("state") in ("running", "starting") and not _alive(st.get("pid")):
             st = {**st, "state": "interrupted", "error": "The training process ended without finishing (its output is in log.txt in the "
                            "run folder); resume it from its last checkpoint."}
-        return st
-
-    def set_status(self, **fields) -> dict:
-        st = read_json(self.path / "status.json", default={}) or {}
-        st.update(fields, updated=time.time())
-        write_json_atomic(self.path / "status.json", st)
         return st
 
     def log_metrics(self, row: dict) -> None:

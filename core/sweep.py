@@ -32,7 +32,7 @@ from transformers import TrainerCallback
 
 from core.config import ConfigError, TuneConfig
 from core.jobs import _spawn
-from core.paths import WorkbenchError, check_run_id, read_json, workspace, write_json_atomic
+from core.paths import IdFolder, WorkbenchError, check_run_id, child_path, read_json, workspace, write_json_atomic
 from core.runs import Run, _alive, new_run
 from core.training import train
 
@@ -51,23 +51,14 @@ def sweep_path(sweep_id: str | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     if sweep_id is None:
         return root
-    path = (root / check_run_id(sweep_id)).resolve()
-    if path.parent != root:
-        raise WorkbenchError(f"Sweep id {sweep_id!r} points outside the workspace {root}.")
-    return path
+    return child_path(root, sweep_id, "Sweep")
 
 
 @dataclass
-class Sweep:
-    id: str
-    path: Path
-
-    @classmethod
-    def open(cls, sweep_id: str) -> "Sweep":
-        path = sweep_path(sweep_id)
-        if not (path / "sweep.json").exists():
-            raise WorkbenchError(f"Sweep {sweep_id!r} does not exist: the Sweep page lists the sweeps.")
-        return cls(sweep_id, path)
+class Sweep(IdFolder):
+    MARKER = "sweep.json"
+    MISSING = "Sweep {id!r} does not exist: the Sweep page lists the sweeps."
+    locate = staticmethod(sweep_path)
 
     def spec(self) -> dict:
         return read_json(self.path / "sweep.json")
@@ -78,12 +69,6 @@ class Sweep:
         if st.get("state") in ACTIVE and st.get("pid") and not _alive(st["pid"]):
             st = {**st, "state": "interrupted", "error": "The sweep process ended without finishing (see log.txt "
                   "in the sweep folder); start the sweep again to train the remaining trials."}
-        return st
-
-    def set_status(self, **fields) -> dict:
-        st = read_json(self.path / "status.json", default={}) or {}
-        st.update(fields, updated=time.time())
-        write_json_atomic(self.path / "status.json", st)
         return st
 
     def trials(self) -> list[dict]:

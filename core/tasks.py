@@ -49,6 +49,27 @@ BUILTIN: dict[str, TaskSpec] = {t.name: t for t in [
              "Review: {input}\nSentiment:", labels=("positive", "negative"), file="sentiment.jsonl"),
 ]}
 
+# Defaults per built-in task, chosen on the validation split by bench/results.py (see the README's
+# "Results" table): each trains in under 10 minutes on 2 CPU cores. Fields not named here take
+# TuneConfig's general defaults.
+TASK_DEFAULTS: dict[str, dict] = {
+    "paraphrase": {"init": "text", "init_text": "Rewrite the sentence with different words, keeping its meaning.",
+                   "max_steps": 150, "eval_examples": 32, "max_input_tokens": 96, "max_target_tokens": 48},
+    "summarisation": {"init": "text", "init_text": "Summarise the paragraph in one short sentence.",
+                      "max_steps": 150, "eval_examples": 32, "max_input_tokens": 192, "max_target_tokens": 48},
+    "qa": {"init": "text", "init_text": "Answer with a short phrase copied from the context.",
+           "max_steps": 150, "eval_examples": 32, "max_input_tokens": 192, "max_target_tokens": 16},
+    "translation": {"init": "text", "init_text": "Translate the English sentence into French.",
+                    "max_steps": 150, "eval_examples": 32, "max_input_tokens": 96, "max_target_tokens": 64},
+    "sentiment": {"init": "class-label", "label_words": ["positive", "negative"],
+                  "max_steps": 100, "eval_examples": 32, "max_input_tokens": 128, "max_target_tokens": 4},
+}
+
+
+def task_defaults(name: str) -> dict:
+    """The tuned config values of a built-in task ({} for other tasks)."""
+    return dict(TASK_DEFAULTS.get(name, {}))
+
 
 @dataclass
 class TaskData:

@@ -1,15 +1,17 @@
 """Sweep: prompt lengths x learning rates on one base config, one run per pair (Optuna grid,
 median pruning), trained one after another in their own process; table and plot live."""
+from functools import partial
+
 import pandas as pd
 import streamlit as st
 
 from core import sweep as sweeps
 from core.charts import sweep_figure
-from core.config import ConfigError
+from core.config import ConfigError, with_task_defaults
 from core.models import DEFAULT_MODEL
 from core.paths import WorkbenchError
 from core.tasks import BUILTIN
-from workbench.config_form import FIELDS, field_widget
+from workbench.config_form import FIELDS, apply_defaults, field_widget
 from workbench.run_view import STATE_ICONS
 
 ERRORS = "sweep_errors"
@@ -38,7 +40,11 @@ source = left.radio("Model", ["Bundled", "Local folder"], horizontal=True, key="
 values["model"] = DEFAULT_MODEL if source == "Bundled" else left.text_input(
     "Model folder", key="sweep_model_folder", placeholder="/path/to/hf-model-folder") or ""
 values["task"] = right.selectbox("Task", list(BUILTIN), key="sweep_task",
-                                 format_func=lambda t: f"{t} - {BUILTIN[t].title}")
+                                 format_func=lambda t: f"{t} - {BUILTIN[t].title}",
+                                 on_change=lambda: apply_defaults(st.session_state["sweep_task"]),
+                                 help="Fields not shown (init, label words, target length) take the task's "
+                                      "tuned defaults.")
+field_widget = partial(field_widget, task=values["task"])  # noqa: F811 (fields start at the task's defaults)
 c1, c2, c3 = st.columns(3)
 values["method"] = field_widget("method", c1)
 values["prompt_format"] = field_widget("prompt_format", c2)
@@ -61,7 +67,7 @@ st.caption(f"{len(grid['num_virtual_tokens']) * len(grid['learning_rate'])} tria
 
 if st.button("Start sweep", type="primary", key="sweep_start"):
     try:
-        sweep = sweeps.new_sweep(values, grid, pruner={"n_startup_trials": int(startup)})
+        sweep = sweeps.new_sweep(with_task_defaults(values), grid, pruner={"n_startup_trials": int(startup)})
         sweeps.launch(sweep)
         st.session_state[ERRORS] = {}
         st.session_state["sweep_pick"] = sweep.id

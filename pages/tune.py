@@ -6,7 +6,9 @@ from core import jobs
 from core.models import DEFAULT_MODEL, resolve_model_dir
 from core.paths import WorkbenchError
 from core.tasks import BUILTIN, peek, save_upload
-from workbench.config_form import ERRORS_KEY, FIELDS, build_config, field_widget
+from functools import partial
+
+from workbench.config_form import ERRORS_KEY, FIELDS, apply_defaults, build_config, field_widget
 from workbench.run_view import live_run
 
 st.title("Tune a soft prompt")
@@ -21,10 +23,20 @@ values["model"] = DEFAULT_MODEL if source == "Bundled" else left.text_input(
 for name, where in (("model", left), ("task", right)):  # fields without a generated widget
     if err := st.session_state.get(ERRORS_KEY, {}).get(name):
         where.error(f"{name.capitalize()}: {err}", icon=":material/error:")
-data_kind = right.radio("Data", ["Built-in task", "My file"], horizontal=True, key="data_kind")
+
+
+def builtin_task() -> str | None:
+    return st.session_state.get("cfg_task", next(iter(BUILTIN))) if st.session_state["data_kind"] == "Built-in task" else None
+
+
+data_kind = right.radio("Data", ["Built-in task", "My file"], horizontal=True, key="data_kind",
+                        on_change=lambda: apply_defaults(builtin_task()))
 if data_kind == "Built-in task":
     values["task"] = right.selectbox("Task", list(BUILTIN), key="cfg_task",
-                                     format_func=lambda t: f"{t} - {BUILTIN[t].title}")
+                                     format_func=lambda t: f"{t} - {BUILTIN[t].title}",
+                                     on_change=lambda: apply_defaults(builtin_task()),
+                                     help="Picking a task sets the method and training settings to the task's "
+                                          "tuned defaults (see the README's results table).")
 else:
     upload = right.file_uploader("CSV, JSONL or Parquet", type=["csv", "jsonl", "json", "parquet"], key="upload")
     if upload is None:
@@ -44,6 +56,8 @@ else:
     values["target_column"] = c2.selectbox("Target column", columns, key="cfg_target_column",
                                            index=columns.index("target") if "target" in columns else min(1, len(columns) - 1))
     st.dataframe(pd.DataFrame(head), hide_index=True, width="stretch", key="upload_preview")
+
+field_widget = partial(field_widget, task=builtin_task())  # noqa: F811 (fields start at the task's defaults)
 
 st.subheader("Method")
 c1, c2, c3 = st.columns(3)

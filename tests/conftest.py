@@ -71,3 +71,9 @@ def tiny_config(model_dir, data_path, **kw):
                 max_input_tokens=48, max_target_tokens=8, warmup_steps=0, prompt_format="plain")
     base.update(kw)
     return TuneConfig(**base)
+
+
+def open_page(name: str, timeout: int = 60):
+    """Run pages/<name>.py once with AppTest and return it."""
+    from streamlit.testing.v1 import AppTest
+    return AppTest.from_file(str(REPO / "pages" / f"{name}.py"), default_timeout=timeout).run()

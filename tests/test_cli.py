@@ -46,6 +46,18 @@ def test_tune_runs_then_lists_then_generates(home, capsys, tiny_model_dir, toy_d
     assert capsys.readouterr().out == generate_texts(model, fmt, ["Say apple"], max_new_tokens=3)[0] + "\n"
 
 
+def test_tune_on_a_built_in_task_takes_its_tuned_defaults(home, capsys, tiny_model_dir):
+    from core.runs import Run
+    from core.tasks import TASK_DEFAULTS
+    assert main(["tune", "--run-id", "preset", "--model", tiny_model_dir, "--task", "sentiment", "--steps", "1",
+                 "--virtual-tokens", "2", "--batch-size", "2", "--eval-examples", "2"]) == 0
+    cfg = Run.open("preset").config().to_dict()
+    assert (cfg["max_steps"], cfg["num_virtual_tokens"], cfg["batch_size"]) == (1, 2, 2)  # the flags given win
+    rest = {k: v for k, v in TASK_DEFAULTS["sentiment"].items()
+            if k not in ("max_steps", "num_virtual_tokens", "batch_size", "eval_examples")}
+    assert rest and {k: cfg[k] for k in rest} == rest  # the others come from the task's defaults
+
+
 @pytest.mark.parametrize("cmd", [["generate", "--run", "../etc", "--input", "x"], ["resume", "--run", "nope"],
                                  ["cancel", "--run", "nope"], ["delete", "--run", "a/b"]])
 def test_bad_run_ids_get_a_message_not_a_traceback(home, capsys, cmd):

@@ -52,3 +52,17 @@ def test_unknown_fields_are_named():
     with pytest.raises(ConfigError) as e:
         TuneConfig.from_dict({"lerning_rate": 0.1})
     assert "lerning_rate" in e.value.errors
+
+
+def test_built_in_tasks_start_from_their_tuned_defaults():
+    from core.tasks import BUILTIN, TASK_DEFAULTS
+    assert set(TASK_DEFAULTS) == set(BUILTIN)
+    for name in BUILTIN:  # every preset is a valid config, and says something beyond the general defaults
+        cfg = TuneConfig.for_task(task=name)
+        assert cfg.task == name and any(getattr(cfg, k) != getattr(TuneConfig(), k) for k in TASK_DEFAULTS[name])
+    sentiment = TuneConfig.for_task(task="sentiment")
+    assert sentiment.init.value == TASK_DEFAULTS["sentiment"]["init"]
+    assert TuneConfig.for_task(task="sentiment", max_steps=7, init="random").max_steps == 7  # the user's values win
+    own = TuneConfig.for_task(task="sentiment", data_path="mine.csv")  # own data: the general defaults
+    assert own.to_dict() == TuneConfig(task="sentiment", data_path="mine.csv").to_dict()
+    assert TuneConfig.for_task(task="unknown").to_dict() == TuneConfig(task="unknown").to_dict()

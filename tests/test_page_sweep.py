@@ -2,16 +2,13 @@
 import os
 import time
 
-from streamlit.testing.v1 import AppTest
-
 from core import sweep as sweeps
-from tests.conftest import REPO
-
-PAGE = str(REPO / "pages" / "sweep.py")
+from core.tasks import TASK_DEFAULTS
+from tests.conftest import open_page
 
 
 def page():
-    return AppTest.from_file(PAGE, default_timeout=60).run()
+    return open_page("sweep")
 
 
 def test_page_renders_with_default_values(home):
@@ -41,7 +38,7 @@ def test_start_creates_the_sweep_and_shows_it_live(home, tiny_model_dir):
     at = page()
     at.radio(key="sweep_model_source").set_value("Local folder").run()
     at.text_input(key="sweep_model_folder").set_value(tiny_model_dir)
-    at.selectbox(key="sweep_task").set_value("sentiment")
+    at.selectbox(key="sweep_task").set_value("sentiment").run()  # the task sets its tuned defaults first
     at.text_input(key="sweep_tokens").set_value("2, 4")
     at.text_input(key="sweep_lrs").set_value("0.05")
     at.number_input(key="cfg_max_steps").set_value(500)
@@ -53,6 +50,7 @@ def test_start_creates_the_sweep_and_shows_it_live(home, tiny_model_dir):
     spec = sweep.spec()
     assert spec["grid"] == {"num_virtual_tokens": [2, 4], "learning_rate": [0.05]}
     assert spec["base"]["model"] == tiny_model_dir and spec["base"]["max_steps"] == 500
+    assert spec["base"]["init"] == TASK_DEFAULTS["sentiment"]["init"]  # not on the page: from the task
     pid = sweep.status()["pid"]
     assert any(sweep.id in m.value for m in at.markdown)
     assert len(at.dataframe) == 1 and list(at.dataframe[0].value["state"]) == ["pending", "pending"]

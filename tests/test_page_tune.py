@@ -1,25 +1,23 @@
 """Tune page with AppTest: the generated form, validation next to fields, start, status, cancel."""
 import time
 
-from streamlit.testing.v1 import AppTest
-
 from core.runs import Run, list_runs
-from tests.conftest import REPO
-
-PAGE = str(REPO / "pages" / "tune.py")
+from tests.conftest import open_page
 
 
 def page():
-    return AppTest.from_file(PAGE, default_timeout=60).run()
+    return open_page("tune")
 
 
 def test_form_is_generated_from_the_config_with_working_defaults(home):
+    from core.config import TuneConfig
     at = page()
     assert not at.exception
-    assert at.selectbox(key="cfg_method").value == "prompt-tuning"
-    assert at.number_input(key="cfg_num_virtual_tokens").value == 20
-    assert at.selectbox(key="cfg_init").value == "sample-vocab"
-    assert at.text_input(key="cfg_learning_rate").value == "0.03"
+    first = TuneConfig.for_task(task=at.selectbox(key="cfg_task").value)  # the first task's tuned defaults
+    assert at.selectbox(key="cfg_method").value == first.method.value
+    assert at.number_input(key="cfg_num_virtual_tokens").value == first.num_virtual_tokens
+    assert at.selectbox(key="cfg_init").value == first.init.value
+    assert float(at.text_input(key="cfg_learning_rate").value) == first.learning_rate
     assert "Number of virtual" in at.number_input(key="cfg_num_virtual_tokens").help
     at.selectbox(key="cfg_method").set_value("p-tuning").run()
     assert at.selectbox(key="cfg_encoder_type").value == "mlp"
@@ -45,7 +43,7 @@ def test_start_runs_in_its_own_process_then_cancel(home, tiny_model_dir):
     at.radio(key="data_kind").set_value("My file").run()  # asks for an upload first
     assert any("Upload a file" in i.value for i in at.info)
     at.radio(key="data_kind").set_value("Built-in task").run()
-    at.selectbox(key="cfg_task").set_value("sentiment")
+    at.selectbox(key="cfg_task").set_value("sentiment").run()  # the task sets its tuned defaults, then the edits below
     at.number_input(key="cfg_num_virtual_tokens").set_value(2)
     at.selectbox(key="cfg_prompt_format").set_value("plain")
     at.number_input(key="cfg_max_steps").set_value(500)
@@ -74,3 +72,22 @@ def test_start_runs_in_its_own_process_then_cancel(home, tiny_model_dir):
     assert st["state"] == "cancelled" and run.last_checkpoint() is not None
     at.run()
     assert at.button(key=f"live_{run.id}_resume")
+
+
+def test_picking_a_task_sets_its_tuned_defaults_and_own_data_the_general_ones(home):
+    from core.tasks import TASK_DEFAULTS
+    at = page()
+    at.selectbox(key="cfg_task").set_value("sentiment").run()
+    assert not at.exception
+    preset = TASK_DEFAULTS["sentiment"]
+    assert at.selectbox(key="cfg_init").value == preset["init"]
+    assert at.number_input(key="cfg_max_steps").value == preset["max_steps"]
+    assert at.text_input(key="cfg_label_words").value == ", ".join(preset["label_words"])
+    at.number_input(key="cfg_max_steps").set_value(33).run()  # the user's edit stays ...
+    at.selectbox(key="cfg_method").set_value("p-tuning").run()
+    assert at.number_input(key="cfg_max_steps").value == 33
+    at.radio(key="data_kind").set_value("My file").run()  # ... until the data changes
+    at.radio(key="data_kind").set_value("Built-in task").run()
+    at.selectbox(key="cfg_task").set_value("qa").run()
+    assert at.number_input(key="cfg_max_steps").value == TASK_DEFAULTS["qa"].get("max_steps", 200)
+    assert at.selectbox(key="cfg_method").value == TASK_DEFAULTS["qa"].get("method", "prompt-tuning")

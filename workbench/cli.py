@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.config import ConfigError, TuneConfig
+from core.config import ConfigError, TuneConfig, with_task_defaults
 from core.paths import WorkbenchError
 
 ALIASES = {"max_steps": ["--steps"], "num_virtual_tokens": ["--virtual-tokens"]}
@@ -103,7 +103,7 @@ def cmd_tune(a) -> int:
         path = Path(a.run_dir).resolve()
         return _train(Run.open(path.name) if path.parent.name == "runs" else _outside(path), resume=False)
     values = {f.name: getattr(a, f.name) for f in dataclasses.fields(TuneConfig) if hasattr(a, f.name)}
-    cfg = TuneConfig(**values)
+    cfg = TuneConfig.for_task(**values)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # accelerate launch: one run shared by all processes
         return _train(_shared_run(cfg, a.run_id), resume=False)
     run = new_run(cfg, a.run_id)
@@ -176,7 +176,7 @@ def cmd_sweep(a) -> int:
     else:
         values = {f.name: getattr(a, f.name) for f in dataclasses.fields(TuneConfig) if hasattr(a, f.name)}
         try:
-            sweep = new_sweep(values, {"num_virtual_tokens": a.tokens, "learning_rate": a.lrs}, a.sweep_id,
+            sweep = new_sweep(with_task_defaults(values), {"num_virtual_tokens": a.tokens, "learning_rate": a.lrs}, a.sweep_id,
                               pruner={"n_startup_trials": a.startup_trials})
         except ConfigError as e:  # name the flags the user typed
             flags = {"num_virtual_tokens": "tokens", "learning_rate": "lrs", "pruner": "startup_trials"}

@@ -7,9 +7,12 @@ import dataclasses
 import streamlit as st
 
 from core.config import ConfigError, TuneConfig, _ENUMS
+from core.tasks import TASK_DEFAULTS
 
 FIELDS = {f.name: f for f in dataclasses.fields(TuneConfig)}
 DEFAULTS = TuneConfig()
+TASK_FIELDS = sorted({name for values in TASK_DEFAULTS.values() for name in values}
+                     | {"method", "num_virtual_tokens", "init", "learning_rate", "max_steps", "batch_size"})
 ERRORS_KEY = "tune_form_errors"
 
 
@@ -17,26 +20,47 @@ def key(name: str) -> str:
     return f"cfg_{name}"
 
 
-def field_widget(name: str, container=st, label: str | None = None):
-    """Render the widget for one config field and return its raw value."""
-    f, default = FIELDS[name], getattr(DEFAULTS, name)
+def widget_value(name: str, value):
+    """A config value as its widget holds it."""
+    if name in _ENUMS:
+        return getattr(value, "value", value)
+    if isinstance(getattr(DEFAULTS, name), float):
+        return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+    if isinstance(value, list):
+        return ", ".join(value)
+    return "" if value is None else value
+
+
+def apply_defaults(task: str | None) -> None:
+    """Set the form to a task's tuned defaults (general defaults for own data): on a task change."""
+    cfg = TuneConfig.for_task(task=task) if task else DEFAULTS
+    for name in TASK_FIELDS:
+        st.session_state[key(name)] = widget_value(name, getattr(cfg, name))
+
+
+def field_widget(name: str, container=st, label: str | None = None, task: str | None = None):
+    """Render the widget for one config field and return its raw value. A field starts at the
+    task's tuned default (general default without a task) and keeps what the user sets."""
+    f = FIELDS[name]
     label = label or name.replace("_", " ").capitalize()
     help_ = f.metadata.get("help")
+    if key(name) not in st.session_state:
+        start = TuneConfig.for_task(task=task) if task else DEFAULTS
+        st.session_state[key(name)] = widget_value(name, getattr(start, name))
+    default = getattr(DEFAULTS, name)
     if name in _ENUMS:
-        options = [e.value for e in _ENUMS[name]]
-        value = container.selectbox(label, options, index=options.index(default.value), help=help_, key=key(name))
+        value = container.selectbox(label, [e.value for e in _ENUMS[name]], help=help_, key=key(name))
     elif isinstance(default, bool):
-        value = container.checkbox(label, value=default, help=help_, key=key(name))
+        value = container.checkbox(label, help=help_, key=key(name))
     elif isinstance(default, int):
-        value = int(container.number_input(label, value=default, step=1, help=help_, key=key(name)))
+        value = int(container.number_input(label, step=1, help=help_, key=key(name)))
     elif isinstance(default, float):  # text, so that any typed value reaches validation
-        raw = container.text_input(label, value=f"{default:g}", help=help_, key=key(name))
-        value = _float(raw)
+        value = _float(container.text_input(label, help=help_, key=key(name)))
     elif isinstance(default, list):
-        raw = container.text_input(label, value=", ".join(default), help=help_ + " (comma-separated)", key=key(name))
+        raw = container.text_input(label, help=help_ + " (comma-separated)", key=key(name))
         value = [w.strip() for w in raw.split(",") if w.strip()]
     else:
-        value = container.text_input(label, value=default or "", help=help_, key=key(name)) or None
+        value = container.text_input(label, help=help_, key=key(name)) or None
         value = value if value is not None or f.default is None else ""
     err = st.session_state.get(ERRORS_KEY, {}).get(name)
     if err:
