@@ -19,12 +19,9 @@ table; --readme replaces the table between the README's results markers.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import platform
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -35,13 +32,13 @@ sys.path.insert(0, str(REPO))
 
 from core.compare import CompareSpec, hard_systems, run_comparison, soft_system  # noqa: E402
 from core.config import TuneConfig  # noqa: E402
-from core.generator import Decoding, Generator, System  # noqa: E402
-from core.paths import WorkbenchError  # noqa: E402
-from core.runs import Run, new_run  # noqa: E402
+from core.generator import Generator, System  # noqa: E402
+from core.paths import read_json  # noqa: E402
+from core.report import machine, run_for_config  # noqa: E402
+from core.runs import Run  # noqa: E402
 from core.tasks import BUILTIN, load_task  # noqa: E402
 
 SHOTS = 4
-NEW_TOKENS = {"label": 8, "qa": 32, "generation": 64, "translation": 64}
 MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
 
 
@@ -58,22 +55,17 @@ def parse_sets(items: list[str]) -> dict:
 
 def trained_run(cfg: TuneConfig, tag: str) -> tuple[Run, dict]:
     """The completed run for this config (trained now in a child process, or found from before)."""
-    digest = hashlib.sha256(cfg.to_json().encode()).hexdigest()[:8]
-    run_id = f"results-{cfg.task}-{tag}{digest}"
-    try:
-        run = Run.open(run_id)
-    except WorkbenchError:
-        run = None
-    if run is not None and run.status().get("state") == "completed" and (run.path / "results-train.json").exists():
-        return run, json.loads((run.path / "results-train.json").read_text())
-    if run is not None:  # left unfinished by an earlier attempt: train it again from scratch
-        shutil.rmtree(run.path)
-    run = new_run(cfg, run_id)
+    run = run_for_config(cfg, f"results-{cfg.task}" + (f"-{tag.strip('-')}" if tag.strip("-") else ""))
+    if run.status().get("state") == "completed":
+        saved = read_json(run.path / "results-train.json", default=None)
+        return run, saved or {"train_s": run.status().get("elapsed"), "peak_rss_gib": None,
+                              "steps": run.status().get("step")}
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "workbench", "tune", "--run-dir", str(run.path)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stderr = proc.stderr.read()
-    _, code, usage = os.wait4(proc.pid, 0)
+    _, status, usage = os.wait4(proc.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
     wall = time.time() - t0
     peak = usage.ru_maxrss / 2**20  # GiB (ru_maxrss is KiB on Linux)
     st = run.status()
@@ -84,26 +76,30 @@ def trained_run(cfg: TuneConfig, tag: str) -> tuple[Run, dict]:
     return run, info
 
 
+def scores(gen: Generator, model: str, task, systems: list[System], split: str) -> tuple[dict, dict, dict]:
+    """Per system: mean of the task's main metric, its 95% CI, and the first output (stored by key)."""
+    result = run_comparison(gen, CompareSpec.for_task(task, split, systems), model)
+    rows = [r for r in result["summary"] if r["metric"] == task.spec.main_metric]
+    return ({r["system"]: r["mean"] for r in rows}, {r["system"]: (r["low"], r["high"]) for r in rows},
+            {name: out[0] for name, out in result["outputs"].items()})
+
+
 def evaluate(gen: Generator, task, run: Run, split: str) -> dict:
-    systems = [soft_system(run.id, run.config().model)]
-    for fmt in ("chat", "plain"):
-        for s in hard_systems(task, fmt, shots=SHOTS)[:2]:  # zero-shot and k-shot
-            systems.append(System(f"{s.name} ({fmt})", s.template, fmt))
-    systems.append(System("bare model", "{input}", "chat"))
-    spec = CompareSpec(task.split(split), systems, Decoding(NEW_TOKENS[task.spec.kind], stop_at_newline=True),
-                       task.spec.kind, task.spec.labels, task.spec.main_metric)
-    result = run_comparison(gen, spec, run.config().model)
-    metric = task.spec.main_metric
-    means = {r["system"]: r["mean"] for r in result["summary"] if r["metric"] == metric}
-    cis = {r["system"]: (r.get("low"), r.get("high")) for r in result["summary"] if r["metric"] == metric}
-    soft = systems[0].name
+    """The soft prompt, and the hard prompts and bare model (computed once per task and split)."""
+    hard_list = [System(f"{s.name} ({fmt})", s.template, fmt)
+                 for fmt in ("chat", "plain") for s in hard_systems(task, fmt, shots=SHOTS)[:2]]  # 0- and k-shot
+    model = run.config().model
+    means, cis, first = scores(gen, model, task, hard_list + [System("bare model", "{input}", "chat")], split)
+    soft = soft_system(run.id, model)
+    s_mean, s_ci, s_first = scores(gen, model, task, [soft], split)
     hard = {n: v for n, v in means.items() if n.startswith("hard")}
-    best_hard = max(hard, key=hard.get)
-    return {"metric": metric, "n": len(spec.inputs), "soft": means[soft], "soft_ci": cis[soft],
-            "best_hard": hard[best_hard], "best_hard_system": best_hard, "best_hard_ci": cis[best_hard],
-            "bare": means["bare model"], "hard": hard, "example": {
-                "input": spec.inputs[0]["input"], "reference": spec.inputs[0]["target"],
-                "soft": result["outputs"][soft][0], "best_hard": result["outputs"][best_hard][0]}}
+    best = max(hard, key=hard.get)
+    example = task.split(split)[0]
+    return {"metric": task.spec.main_metric, "n": len(task.split(split)), "soft": s_mean[soft.name],
+            "soft_ci": s_ci[soft.name], "best_hard": hard[best], "best_hard_system": best, "best_hard_ci": cis[best],
+            "bare": means["bare model"], "hard": hard,
+            "example": {"input": example["input"], "reference": example["target"], "soft": s_first[soft.name],
+                        "best_hard": first[best]}}
 
 
 def table(rows: list[dict], split: str) -> str:
@@ -121,11 +117,6 @@ def table(rows: list[dict], split: str) -> str:
     wins = sum(r["soft"] > r["best_hard"] for r in rows)
     lines.append(f"\nSoft prompt ahead of the best hard prompt on {wins} of {len(rows)} tasks.")
     return "\n".join(lines)
-
-
-def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def write_readme(text: str) -> None:

@@ -68,3 +68,24 @@ def metric_figure(summary: list[dict], metric: str, height: int = 360) -> go.Fig
                      arrayminus=[r["mean"] - r["low"] for r in rows]),
         hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
     return _layout(fig, height, "system", metric)
+
+
+def report_figure(report: dict, value: str = "metric", height: int = 380) -> go.Figure:
+    """A length x init report: `value` (the validation metric, or "eval_loss") against prompt
+    length, one line per init strategy; the metric's bootstrap CI as error bars."""
+    fig = go.Figure()
+    for i, init in enumerate(report["inits"]):
+        pts = sorted((p for p in report["points"] if p["init"] == init and p.get(value) is not None),
+                     key=lambda p: p["num_virtual_tokens"])
+        if not pts:
+            continue
+        bars = dict(type="data", symmetric=False, array=[p["high"] - p["metric"] for p in pts],
+                    arrayminus=[p["metric"] - p["low"] for p in pts], thickness=1) if value == "metric" else None
+        fig.add_scatter(x=[p["num_virtual_tokens"] for p in pts], y=[p[value] for p in pts], mode="lines+markers",
+                        name=init, line=dict(color=PALETTE[i % len(PALETTE)], width=2), marker=dict(size=8),
+                        error_y=bars, customdata=[p["run_id"] for p in pts],
+                        hovertemplate="%{x} tokens: %{y:.3f}<extra>" + init + " · %{customdata}</extra>")
+    lengths = sorted(set(report["lengths"]))
+    fig.update_xaxes(tickvals=lengths, type="log" if lengths and lengths[-1] >= 8 * lengths[0] else "linear")
+    label = f"validation {report['metric']}" if value == "metric" else "best validation loss"
+    return _layout(fig, height, "prompt length (virtual tokens)", label)

@@ -23,6 +23,9 @@ from core.runs import Run
 from core.tasks import TaskData, few_shot_template
 
 
+NEW_TOKENS = {"label": 8, "qa": 32, "generation": 64, "translation": 64}  # per task kind
+
+
 @dataclass
 class CompareSpec:
     inputs: list[dict]  # {"input": str, "target": str ("" when there is no reference)}
@@ -31,6 +34,13 @@ class CompareSpec:
     kind: str = "generation"  # generation | qa | translation | label
     labels: tuple = ()
     main_metric: str = "rougeL"
+
+    @classmethod
+    def for_task(cls, task: TaskData, split: str, systems: list[System]) -> "CompareSpec":
+        """A split of a task through `systems`, greedy, each output cut at its first line break,
+        as long as the task's answers need (the settings of the results table and the report)."""
+        return cls(task.split(split), systems, Decoding(NEW_TOKENS[task.spec.kind], stop_at_newline=True),
+                   task.spec.kind, task.spec.labels, task.spec.main_metric)
 
 
 def soft_system(run_id: str, model: str) -> System:

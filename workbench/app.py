@@ -19,6 +19,7 @@ PAGES = [
     ("runs.py", "Runs", ":material/table_view:"),
     ("compare.py", "Compare", ":material/compare:"),
     ("explore.py", "Explore", ":material/scatter_plot:"),
+    ("results.py", "Results", ":material/leaderboard:"),
 ]
 
 st.set_page_config(page_title="Soft Prompt Workbench", page_icon=":material/tune:", layout="wide")

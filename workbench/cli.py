@@ -67,6 +67,13 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--lrs", type=float, nargs="+", help="learning rates to try, e.g. 0.3 0.03 0.003")
     sw.add_argument("--startup-trials", type=int, default=2, help="completed trials before pruning starts (default: 2)")
     add_config_flags(sw)
+    rep = sub.add_parser("report", help="prompt length x init strategy on one task: train every point, score it "
+                                        "on the validation split (shown on the Results page)")
+    rep.add_argument("--task", default="sentiment", help="built-in task (default: sentiment)")
+    rep.add_argument("--lengths", type=int, nargs="+", default=None, help="prompt lengths (default: 1 5 20 50 100)")
+    rep.add_argument("--inits", nargs="+", default=None, help="init strategies (default: all four)")
+    rep.add_argument("--steps", type=int, default=None, help="training steps per point (default: the task's)")
+    rep.add_argument("--out", help="report file (default: workspace/reports/<task>.json)")
     return p
 
 
@@ -196,6 +203,20 @@ def cmd_sweep(a) -> int:
     return 0 if st["state"] in ("completed", "cancelled") else 1
 
 
+def cmd_report(a) -> int:
+    from core import report as rep
+
+    def show(r: dict) -> None:
+        p = r["points"][-1]
+        print(f"{p['init']:>12} {p['num_virtual_tokens']:>4} tokens: {r['metric']} {p['metric']:.3f}, "
+              f"best eval_loss {p['eval_loss']:.4f} ({p['seconds']:.0f} s, run {p['run_id']})", flush=True)
+    overrides = {"max_steps": a.steps} if a.steps else {}
+    r = rep.run_report(a.task, a.lengths or rep.LENGTHS, a.inits or rep.INITS, overrides, progress=show,
+                       out=Path(a.out) if a.out else None)
+    print(f"report on {a.task}: {len(r['points'])} points -> {a.out or rep.report_path(a.task)}")
+    return 0
+
+
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
@@ -218,7 +239,8 @@ def main(argv=None) -> int:
             from core.runs import import_adapter
             print(f"imported as run {import_adapter(a.path, a.model, a.task).id}")
             return 0
-        return {"runs": cmd_runs, "generate": cmd_generate, "cancel": cmd_cancel, "sweep": cmd_sweep}[a.cmd](a)
+        return {"runs": cmd_runs, "generate": cmd_generate, "cancel": cmd_cancel, "sweep": cmd_sweep,
+                "report": cmd_report}[a.cmd](a)
     except ConfigError as e:
         for k, v in e.errors.items():
             print(f"error: --{k.replace('_', '-')}: {v}", file=sys.stderr)

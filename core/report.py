@@ -1,0 +1,123 @@
+"""Prompt length x init strategy on one task: how long a soft prompt, started from what?
+
+Each point is a real run, trained with the task's tuned defaults except its length and init,
+then scored on the validation split with the task's main metric by the comparison generator
+(greedy, outputs cut at the first line break) and by its best validation loss. Runs are named
+report-<task>-<init>-<length>-<config digest> and kept: a report run again with the same
+settings reuses them. The report file is rewritten after every point, so the Results page shows
+it growing; reports measured for the project are shipped in bench-results/report-<task>.json.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+from core.config import TuneConfig
+from core.paths import REPO_ROOT, WorkbenchError, check_run_id, read_json, workspace, write_json_atomic
+from core.runs import Run, delete_run, new_run
+from core.tasks import BUILTIN, TaskSpec, load_task, task_defaults
+
+LENGTHS = (1, 5, 20, 50, 100)
+INITS = ("random", "sample-vocab", "text", "class-label")
+SHIPPED = REPO_ROOT / "bench-results"
+
+
+def init_values(spec: TaskSpec, init: str) -> dict | None:
+    """Config values for an init strategy on a task; None where it does not apply (class labels
+    on a task without labels)."""
+    if init == "text":
+        text = task_defaults(spec.name).get("init_text") or spec.hard_prompt.split("{input}")[0].strip()
+        return {"init": "text", "init_text": text or spec.title}
+    if init == "class-label":
+        return {"init": "class-label", "label_words": list(spec.labels)} if spec.labels else None
+    return {"init": init}
+
+
+def run_for_config(cfg: TuneConfig, prefix: str) -> Run:
+    """The run named by `prefix` and the config's digest: the completed one from before, or a new
+    queued one (an unfinished leftover is deleted first)."""
+    run_id = check_run_id(f"{prefix}-{hashlib.sha256(cfg.to_json().encode()).hexdigest()[:8]}")
+    try:
+        run = Run.open(run_id)
+    except WorkbenchError:
+        return new_run(cfg, run_id)
+    if run.status().get("state") == "completed":
+        return run
+    delete_run(run_id)
+    return new_run(cfg, run_id)
+
+
+def report_path(task: str) -> Path:
+    folder = workspace() / "reports"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{check_run_id(task)}.json"
+
+
+def reports() -> list[dict]:
+    """Reports of this workspace, then the ones shipped with the project (marked `shipped`)."""
+    found = []
+    for path, shipped in ([(p, False) for p in sorted((workspace() / "reports").glob("*.json"))] +
+                          [(p, True) for p in sorted(SHIPPED.glob("report-*.json"))]):
+        data = read_json(path, default=None)
+        if isinstance(data, dict) and data.get("points") is not None:
+            found.append({**data, "shipped": shipped, "path": str(path)})
+    return found
+
+
+def machine() -> str:
+    cpu = "?"
+    if os.path.exists("/proc/cpuinfo"):
+        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def run_report(task_name: str, lengths=LENGTHS, inits=INITS, overrides: dict | None = None,
+               progress: Callable[[dict], None] | None = None, out: Path | None = None) -> dict:
+    """Train and score every (init, length) point; returns the report (also written to `out`)."""
+    from core.compare import CompareSpec, run_comparison, soft_system
+    from core.generator import Generator
+    from core.models import load_model
+    from core.training import train
+
+    if task_name not in BUILTIN:
+        raise WorkbenchError(f"Task {task_name!r} is not built in: a report runs on one of {', '.join(BUILTIN)}.")
+    if bad := [i for i in inits if i not in INITS]:
+        raise WorkbenchError(f"Unknown init strategy {', '.join(map(repr, bad))}: use {', '.join(INITS)}.")
+    task, overrides = load_task(task_name), dict(overrides or {})
+    out = out or report_path(task_name)
+    report = {"task": task_name, "metric": task.spec.main_metric, "split": "validation",
+              "n": len(task.validation), "lengths": list(lengths), "inits": list(inits), "overrides": overrides,
+              "machine": machine(), "created": time.time(), "state": "running", "points": [], "skipped": []}
+    gen = None
+    for init in inits:
+        values = init_values(task.spec, init)
+        if values is None:
+            report["skipped"].append({"init": init, "why": f"{task_name} has no class labels"})
+            continue
+        for n in lengths:
+            cfg = TuneConfig.for_task(task=task_name, **{**values, **overrides, "num_virtual_tokens": n})
+            run = run_for_config(cfg, f"report-{task_name}-{init}-{n}")
+            t0 = time.time()
+            if run.status().get("state") != "completed":
+                st = train(run)
+                if st["state"] != "completed":
+                    raise WorkbenchError(f"Report run {run.id} ended {st['state']}: {st.get('error')}")
+            if gen is None:
+                lm = load_model(cfg.model)
+                gen = Generator(lm.model, lm.tokenizer)
+            spec = CompareSpec.for_task(task, "validation", [soft_system(run.id, cfg.model)])
+            result = run_comparison(gen, spec, cfg.model)
+            row = next(r for r in result["summary"] if r["metric"] == task.spec.main_metric)
+            report["points"].append({"init": init, "num_virtual_tokens": n, "run_id": run.id, "metric": row["mean"],
+                                     "low": row["low"], "high": row["high"],
+                                     "eval_loss": run.summary()["best_eval_loss"], "seconds": round(time.time() - t0, 1)})
+            write_json_atomic(out, report)
+            if progress:
+                progress(report)
+    report["state"] = "completed"
+    write_json_atomic(out, report)
+    return report
