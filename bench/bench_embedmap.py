@@ -53,7 +53,7 @@ def load_embeddings(path: str, key: str) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--safetensors", default="/tmp/smol_st/model.safetensors")
+    ap.add_argument("--safetensors", default=None, help="weights file (default: the bundled model's)")
     ap.add_argument("--key", default="model.embed_tokens.weight")
     ap.add_argument("--cache-dir", default=None, help="map cache folder (default: a fresh temp folder)")
     ap.add_argument("--queries", type=int, default=200)
@@ -61,6 +61,10 @@ def main() -> None:
     ap.add_argument("--skip-forest", action="store_true")
     args = ap.parse_args()
 
+    if args.safetensors is None:
+        from core.models import DEFAULT_MODEL, resolve_model_dir
+        folder, _ = resolve_model_dir(DEFAULT_MODEL)
+        args.safetensors = str(sorted(Path(folder).glob("*.safetensors"))[0])
     anchors = load_embeddings(args.safetensors, args.key)
     rng = np.random.default_rng(0)
     ids = rng.choice(len(anchors), args.queries, replace=False)
@@ -103,7 +107,12 @@ def main() -> None:
         res["forest"].append(row)
         print(f"  forest {params} candidates={candidates}: build {build_s:.1f} s, "
               f"query {query_s:.3f} s, recall@{args.k} {row['recall']:.3f}")
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}))
+    for name, target in TARGETS.items():
+        res[f"{name}_over_target"] = round(res[name] / target, 3)
+    out = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}
+    Path(__file__).resolve().parent.parent.joinpath("bench-results").mkdir(exist_ok=True)
+    Path(__file__).resolve().parent.parent.joinpath("bench-results", "embedmap.json").write_text(json.dumps(out, indent=2))
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

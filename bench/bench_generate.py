@@ -60,15 +60,36 @@ def _cut(row: list[int], tok) -> list[int]:
 
 
 def ours(gen: Generator, system: System, inputs: list[str]) -> tuple[list[list[int]], float, int]:
-    rows = [(system, x) for x in inputs]
     encoded = [(system, gen.formatter(system).prompt_ids(x)) for x in inputs]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][1]))  # as Generator.generate does
     gen._prefix.clear()
     t0 = time.perf_counter()
-    out = []
-    for b in range(0, len(encoded), gen.batch_size):
-        out += gen._generate_batch(encoded[b:b + gen.batch_size], Decoding(max_new_tokens=NEW), None)
-    assert len(out) == len(rows)
+    out: list[list[int]] = [[] for _ in inputs]
+    for b in range(0, len(order), gen.batch_size):
+        idx = order[b:b + gen.batch_size]
+        for i, toks in zip(idx, gen._generate_batch([encoded[i] for i in idx], Decoding(max_new_tokens=NEW), None)):
+            out[i] = toks
     return out, time.perf_counter() - t0, sum(map(len, out))
+
+
+def decode_step_ms(model, context: int = 100) -> dict:
+    """Milliseconds of one cached decode step at several batch sizes: flat = bound by reading the weights."""
+    from transformers import DynamicCache
+    out = {}
+    for b in (1, 8, 32):
+        with torch.no_grad():
+            cache = DynamicCache()
+            model(input_ids=torch.ones((b, context), dtype=torch.long), past_key_values=cache, use_cache=True,
+                  logits_to_keep=1)
+            times = []
+            for i in range(6):
+                pos = torch.full((b, 1), context + i)
+                t0 = time.perf_counter()
+                model(input_ids=torch.ones((b, 1), dtype=torch.long), position_ids=pos, past_key_values=cache,
+                      use_cache=True, logits_to_keep=1)
+                times.append(time.perf_counter() - t0)
+        out[b] = round(1000 * sorted(times)[len(times) // 2], 1)
+    return out
 
 
 def main() -> dict:
@@ -90,6 +111,10 @@ def main() -> dict:
     peft_out, peft_s, peft_n = hf_generate(peft, fmt, inputs, BATCH)
     our_out, our_s, our_n = ours(gen, system, inputs)
     assert our_out == ref_single, "greedy outputs differ from PEFT's unbatched generate"
+    wide = Generator(lm.model, lm.tokenizer, batch_size=4 * BATCH)  # the Compare page's own batch size
+    wide_out, wide_s, wide_n = ours(wide, system, inputs)
+    res["soft_ours_batch32_tok_s"] = wide_n / wide_s
+    res["soft_ours_batch32_identical"] = wide_out == ref_single
     res["soft"] = {"peft_tok_s": peft_n / peft_s, "ours_tok_s": our_n / our_s, "speedup": (our_n / our_s) / (peft_n / peft_s),
                    "identical_to_peft_unbatched": True,
                    "peft_batched_rows_changed_by_padding": sum(a != b for a, b in zip(peft_out, ref_single))}
@@ -103,6 +128,7 @@ def main() -> dict:
     assert our_out == hf_out, "greedy outputs differ from transformers' generate"
     res["hard"] = {"hf_tok_s": hf_n / hf_s, "ours_tok_s": our_n / our_s, "speedup": (our_n / our_s) / (hf_n / hf_s),
                    "identical": True}
+    res["decode_step_ms_by_batch"] = decode_step_ms(lm.model)
     return res
 
 
@@ -113,6 +139,10 @@ if __name__ == "__main__":
           f"changed {r['soft']['peft_batched_rows_changed_by_padding']} of {N_INPUTS} rows")
     print(f"hard prompt (~{r['hard_prefix_tokens']} fixed tokens): transformers {r['hard']['hf_tok_s']:.1f} tok/s, "
           f"ours {r['hard']['ours_tok_s']:.1f} tok/s = {r['hard']['speedup']:.2f}x; identical greedy outputs")
+    print(f"soft prompt, ours at batch {4 * BATCH} (the Compare page's): {r['soft_ours_batch32_tok_s']:.1f} tok/s = "
+          f"{r['soft_ours_batch32_tok_s'] / r['soft']['peft_tok_s']:.2f}x PEFT at batch {BATCH}; identical outputs: "
+          f"{r['soft_ours_batch32_identical']}")
+    print(f"one cached decode step, ms by batch size: {r['decode_step_ms_by_batch']}")
     Path("bench-results").mkdir(exist_ok=True)
     Path("bench-results/generate.json").write_text(json.dumps(r, indent=2))
     print(json.dumps(r))

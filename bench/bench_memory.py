@@ -52,7 +52,10 @@ APP = textwrap.dedent("""
 
 def main() -> dict:
     with tempfile.TemporaryDirectory() as home:
-        env = {**os.environ, "WORKBENCH_HOME": home, "PYTHONPATH": str(REPO)}
+        sys.path.insert(0, str(REPO))
+        from core.paths import model_cache_dir
+        env = {**os.environ, "WORKBENCH_HOME": home, "PYTHONPATH": str(REPO),
+               "WORKBENCH_MODEL_CACHE": str(model_cache_dir())}  # the converted model and map, not reconverted
         tune, _ = peak_of([sys.executable, "-m", "workbench", "tune", "--task", "paraphrase", "--steps", "30",
                            "--eval-every", "15", "--run-id", "mem"], env)
         print(f"default tuning run (paraphrase defaults, 30 steps): peak RSS {tune:.2f} GiB "

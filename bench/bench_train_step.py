@@ -57,19 +57,28 @@ def main() -> dict:
         with torch.no_grad():
             lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
-    def step(loss_fn):
-        loss_fn().backward()
+    def step(loss_fn, bf16=False):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as the Trainer does for precision=bf16
+            loss = loss_fn()
+        loss.backward()
         opt.step()
         opt.zero_grad()
+
+    def forward_bf16():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
     peft_loss = lambda: model(**batch).loss  # noqa: E731
     ours = lambda: labelled_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])  # noqa: E731
     fwd = timed(forward_only)
     peft_step = timed(lambda: step(peft_loss))
     our_step = timed(lambda: step(ours))
+    bf16_step, bf16_fwd = timed(lambda: step(ours, bf16=True)), timed(forward_bf16)
     out = {"batch": B, "input_tokens": T_IN, "target_tokens": T_OUT, "virtual_tokens": N_VIRT,
            "threads": torch.get_num_threads(), "forward_s": fwd, "peft_step_s": peft_step, "step_s": our_step,
-           "peft_step_over_forward": peft_step / fwd, "step_over_forward": our_step / fwd, "target_ratio": 1.8}
+           "peft_step_over_forward": peft_step / fwd, "step_over_forward": our_step / fwd, "target_ratio": 1.8,
+           "bf16_step_s": bf16_step, "bf16_step_over_forward": bf16_step / fwd, "bf16_forward_s": bf16_fwd,
+           "bf16_step_over_bf16_forward": bf16_step / bf16_fwd}
     out.update(loop_overhead(lm))
     return out
 
@@ -79,29 +88,41 @@ def loop_overhead(lm, steps: int = 12) -> dict:
     import os
     import tempfile
 
+    from transformers import TrainerCallback
+
     from core import training
     from core.runs import new_run
 
+    from core.paths import model_cache_dir
+    os.environ["WORKBENCH_MODEL_CACHE"] = str(model_cache_dir())  # keep the converted model, not the runs
     os.environ["WORKBENCH_HOME"] = tempfile.mkdtemp()
     cfg = TuneConfig(num_virtual_tokens=N_VIRT, max_steps=steps, batch_size=B, eval_every=10_000,
                      save_every=10_000, prompt_format="plain", max_input_tokens=T_IN, max_target_tokens=T_OUT)
     run = new_run(cfg)
-    trainer, _ = training.setup(run, cfg, None)
+    marks: list[float] = []
+
+    class StepClock(TrainerCallback):  # the time at the end of every optimizer step
+        def on_step_end(self, args, state, control, **kw):
+            marks.append(time.perf_counter())
+    trainer, _ = training.setup(run, cfg, None, extra_callbacks=(StepClock(),))
     trainer.args.eval_on_start = False  # the loop alone: no evaluation or sample generation
-    t0 = time.perf_counter()
     trainer.train()
-    trainer_s = (time.perf_counter() - t0) / steps
+    trainer_s = statistics.median(b - a for a, b in zip(marks, marks[1:]))  # steady state: step 2 onwards
     # the same work by hand: same model, data order, optimizer, schedule, clipping
     model, loader = trainer.model, trainer.get_train_dataloader()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
-    t0 = time.perf_counter()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    bare = [time.perf_counter()]
     for i, b in zip(range(steps), loader):
         loss = labelled_loss(model, b["input_ids"], b["attention_mask"], b["labels"])
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
+        sched.step()
         opt.zero_grad()
-    bare_s = (time.perf_counter() - t0) / steps
+        bare.append(time.perf_counter())
+    bare_s = statistics.median(b - a for a, b in zip(bare[1:], bare[2:]))
     return {"trainer_step_s": trainer_s, "bare_step_s": bare_s, "trainer_over_bare": trainer_s / bare_s,
             "trainer_target_ratio": 1.05}
 
@@ -111,6 +132,8 @@ if __name__ == "__main__":
     print(f"forward (no grad)        {res['forward_s']:.3f} s")
     print(f"PEFT loss step           {res['peft_step_s']:.3f} s  = {res['peft_step_over_forward']:.2f}x forward")
     print(f"labelled-loss step       {res['step_s']:.3f} s  = {res['step_over_forward']:.2f}x forward (target <= 1.8x)")
+    print(f"bf16 labelled-loss step  {res['bf16_step_s']:.3f} s  = {res['bf16_step_over_forward']:.2f}x the fp32 forward, "
+          f"{res['bf16_step_over_bf16_forward']:.2f}x a bf16 forward")
     print(f"Trainer loop / bare loop {res['trainer_step_s']:.3f} / {res['bare_step_s']:.3f} s = "
           f"{res['trainer_over_bare']:.3f}x (target <= 1.05x)")
     Path("bench-results").mkdir(exist_ok=True)

@@ -30,7 +30,8 @@ def save_settings(**changes) -> dict:
     return new
 
 
-def _spawn(args: list[str], log_path) -> int:
+def spawn(args: list[str], log_path) -> int:
+    """Start `python -m workbench <args>` in its own session (it outlives the app); output to log_path."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "WORKBENCH_HOME": str(workspace()),
            "PYTHONUNBUFFERED": "1"}
     with open(log_path, "ab") as log:
@@ -48,7 +49,7 @@ def launch(run: Run, resume: bool = False) -> int:
     if resume and state not in ("cancelled", "failed", "interrupted", "queued"):
         raise WorkbenchError(f"Run {run.id!r} is {state}: only cancelled, failed or interrupted runs resume.")
     args = ["resume", "--run", run.id] if resume else ["tune", "--run-dir", str(run.path)]
-    pid = _spawn(args, run.path / "log.txt")
+    pid = spawn(args, run.path / "log.txt")
     run.set_status(state="starting", pid=pid, error=None)
     return pid
 
@@ -101,7 +102,7 @@ def ensure_worker() -> None:
         except BlockingIOError:
             return  # a worker is running and will pick the run up
         fcntl.flock(f, fcntl.LOCK_UN)
-    _spawn(["worker"], workspace() / "worker.log")
+    spawn(["worker"], workspace() / "worker.log")
 
 
 def worker_loop(poll: float = 1.0) -> int:

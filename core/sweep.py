@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 from transformers import TrainerCallback
 
 from core.config import ConfigError, TuneConfig
-from core.jobs import _spawn
+from core.jobs import spawn
 from core.paths import IdFolder, WorkbenchError, check_run_id, child_path, read_json, workspace, write_json_atomic
 from core.runs import Run, _alive, new_run
 from core.training import train
@@ -269,7 +269,7 @@ def launch(sweep: Sweep) -> int:
     if st.get("state") in ACTIVE and st.get("pid"):
         raise WorkbenchError(f"Sweep {sweep.id!r} is already {st['state']}.")
     sweep.set_status(state="queued", error=None)
-    return sweep.set_status(pid=_spawn(["sweep", "--sweep", sweep.id], sweep.path / "log.txt"))["pid"]
+    return sweep.set_status(pid=spawn(["sweep", "--sweep", sweep.id], sweep.path / "log.txt"))["pid"]
 
 
 def cancel(sweep_id: str) -> str:

@@ -133,7 +133,8 @@ class PromptTrainer(Trainer):
     loss_is_scaled_for_ga = False  # labelled_loss is a per-batch mean: Trainer divides for accumulation
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = labelled_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+        with self.accelerator.autocast():  # bf16 precision: labelled_loss calls past the wrapped forward
+            loss = labelled_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
         return (loss, {"loss": loss}) if return_outputs else loss
 
 
@@ -150,6 +151,7 @@ def training_args(cfg: TuneConfig, run: Run) -> TrainingArguments:
         seed=cfg.seed, data_seed=cfg.seed, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
         train_sampling_strategy="group_by_length", remove_unused_columns=False, label_names=["labels"],
         save_only_model=False, use_cpu=not torch.cuda.is_available(), prediction_loss_only=True,
+        bf16=cfg.precision.value == "bf16",  # autocast: the frozen model's matmuls in bf16, the prompt in fp32
     )
 
 

@@ -8,7 +8,7 @@ import streamlit as st
 
 from core import report as rep
 from core.charts import report_figure
-from core.jobs import _spawn
+from core.jobs import spawn
 from core.paths import REPO_ROOT, read_json
 from core.tasks import BUILTIN
 
@@ -50,7 +50,7 @@ with right.container(border=True):
     if st.button("Start report", key="rep_start", disabled=not (lengths and inits) or bool(running),
                  help="Trains one run per point in its own process (runs are kept and reused)."):
         args = ["report", "--task", task, "--lengths", *map(str, sorted(lengths)), "--inits", *inits]
-        _spawn(args + (["--steps", str(steps)] if steps else []), log)
+        spawn(args + (["--steps", str(steps)] if steps else []), log)
         st.success(f"Report on {task} started: {len(lengths) * len(inits)} points; its log is {log}.")
         time.sleep(1)
 if not reports:

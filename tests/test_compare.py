@@ -29,7 +29,7 @@ def setup(home, tiny_model_dir, toy_data):
     return Generator(lm.model, lm.tokenizer, batch_size=4), spec, tiny_model_dir
 
 
-def test_comparison_scores_every_system_and_is_stored(setup):
+def test_comparison_scores_every_system_and_is_stored(setup, monkeypatch):
     gen, spec, model = setup
     names = ["soft: soft-run", "hard: default", "hard: edited", "hard: 2-shot", "bare model"]
     assert [s.name for s in spec.systems] == names
@@ -45,7 +45,8 @@ def test_comparison_scores_every_system_and_is_stored(setup):
         assert {(n, "token_f1"), (n, "rougeL"), (n, "chrf"), (n, "ref_loglik")} <= metrics
     assert all(r["low"] <= r["mean"] <= r["high"] for r in result["summary"] if r["metric"] != "chrf")
     # a second call with the same systems, inputs and settings is read back, not recomputed
-    assert run_comparison(None, spec, model) == result
+    monkeypatch.setattr(gen, "generate", lambda *a, **k: pytest.fail("a stored comparison was recomputed"))
+    assert run_comparison(gen, spec, model) == result
     assert cache_key(spec, model) != cache_key(CompareSpec(spec.inputs, spec.systems, Decoding(max_new_tokens=5)), model)
 
 

@@ -136,3 +136,4 @@ def test_stop_at_newline_keeps_the_first_line_of_real_text(lm):
     assert all(breaks[i] and not texts[i] for i in nl)
     word = lm.tokenizer.encode(" apple", add_special_tokens=False)
     assert all(texts[i] and not breaks[i] for i in word)
+

@@ -109,3 +109,25 @@ def test_kv_cached_batched_generator_equals_peft_generate(trained, bundled_dir, 
         if method != "prefix-tuning":
             nocache = plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **kw)
             assert nocache.tolist() == ref.tolist()
+
+
+def test_finished_rows_leave_the_batch_and_the_others_go_on_unchanged():
+    """Greedy: a row that stops early is dropped from the batch (its cache rows sliced away); every
+    other row must produce exactly what it produces when no row stops (the tiny test model only
+    repeats one token, so this runs on the bundled model)."""
+    from core.generator import Decoding, Generator, System
+    from core.models import load_model
+    lm = load_model("smollm2-135m-instruct")
+    gen = Generator(lm.model, lm.tokenizer, batch_size=4)
+    system = System("bare", "{input}", "plain")
+    inputs = ["The capital of France is", "My favourite colour is", "Two plus two equals", "Once upon a time"]
+    rows = [(system, gen.formatter(system).prompt_ids(x)) for x in inputs]
+    full = gen._generate_batch(rows, Decoding(max_new_tokens=10), None)
+    stopper = next((t for o in full for t in o[1:6] if sum(t in p for p in full) < len(full)), None)
+    assert stopper is not None, full  # a token some rows emit and others never do
+    breaks, texts = (torch.zeros(lm.model.config.vocab_size, dtype=torch.bool) for _ in range(2))
+    breaks[stopper], texts[:] = True, True
+    gen._token_kinds = (breaks, texts)
+    stopped = gen._generate_batch(rows, Decoding(max_new_tokens=10, stop_at_newline=True), None)
+    assert stopped == [o[:o.index(stopper) + 1] if stopper in o else o for o in full]
+    assert any(len(s) < 10 for s in stopped) and any(len(s) == 10 for s in stopped)

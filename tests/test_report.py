@@ -59,7 +59,7 @@ def test_results_page_shows_the_report_and_starts_one(sentiment_report, monkeypa
     _, _, home, _ = sentiment_report
     monkeypatch.setenv("WORKBENCH_HOME", str(home))
     spawned = []
-    monkeypatch.setattr(jobs, "_spawn", lambda args, log: spawned.append((args, log)) or 0)
+    monkeypatch.setattr(jobs, "spawn", lambda args, log: spawned.append((args, log)) or 0)
     at = open_page("results", timeout=60)
     assert not at.exception, at.exception
     assert any(o.startswith("sentiment (this workspace, 4 points") for o in at.selectbox(key="rep_pick").options)

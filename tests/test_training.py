@@ -35,6 +35,26 @@ def test_run_writes_status_metrics_checkpoints_and_a_peft_adapter(home, tiny_mod
     assert list_runs()[0]["id"] == run.id and list_runs()[0]["best_eval_loss"] is not None
 
 
+def test_bf16_precision_trains_in_autocast_and_keeps_an_fp32_prompt(home, tiny_model_dir, toy_data, monkeypatch):
+    seen = []
+    real = training.labelled_loss
+
+    def spy(model, *args, **kw):
+        loss = real(model, *args, **kw)
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return loss
+    monkeypatch.setattr(training, "labelled_loss", spy)
+    run = new_run(tiny_config(tiny_model_dir, toy_data, precision="bf16", max_steps=3, eval_every=3))
+    st = training.train(run)
+    assert st["state"] == "completed" and st["step"] == 3
+    assert seen and all(on and dtype == torch.bfloat16 for on, dtype in seen)
+    losses = [m["loss"] for m in run.metrics() if m["kind"] == "train"]
+    assert len(losses) == 3 and all(l == l and l < 100 for l in losses)  # finite
+    from safetensors.torch import load_file
+    weights = load_file(str(run.adapter_dir / "adapter_model.safetensors"))
+    assert weights and all(w.dtype == torch.float32 for w in weights.values())
+
+
 def test_resume_continues_from_the_saved_step(home, tiny_model_dir, toy_data):
     run = new_run(tiny_config(tiny_model_dir, toy_data, max_steps=3))
     assert training.train(run)["step"] == 3
