@@ -1,7 +1,8 @@
 """The main flow in a real browser: Debian's chromium driven by Playwright against the running app.
 
 Start a short run on Tune, watch it reach `completed`, open Compare and see the soft prompt's
-column and metrics, open Explore and see the map. Screenshots go to test-artifacts/.
+column and metrics, open Explore and see the map, open Results and see the report. Screenshots go to
+test-artifacts/
 """
 import os
 import shutil
@@ -105,3 +106,13 @@ def test_tune_then_compare_in_a_real_browser(app, page):
     pg.wait_for_timeout(2000)
     assert "49,152 input embeddings" in pg.inner_text("body")
     pg.screenshot(path=str(ARTIFACTS / "4-explore.png"), full_page=True)
+
+    pg.goto(f"{app}/results")  # the shipped results table and length x init report
+    pg.get_by_text("Soft prompt against hard prompts").wait_for()
+    chart = pg.locator(".js-plotly-plot").first
+    chart.wait_for()
+    pg.wait_for_timeout(1000)
+    legend = chart.text_content()
+    assert all(init in legend for init in ("random", "sample-vocab", "text", "class-label")), legend
+    assert "Soft prompt ahead on" in pg.inner_text("body")
+    pg.screenshot(path=str(ARTIFACTS / "5-results.png"), full_page=True)
