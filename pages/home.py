@@ -32,6 +32,6 @@ st.subheader("Runs")
 runs = runs_table()
 if not runs:
     st.info("No runs yet. Start one from a terminal: "
-            "`python -m workbench tune --task paraphrase --virtual-tokens 20 --steps 200`")
+            "`python -m workbench tune --task paraphrase` (the task's tuned defaults)")
 else:
     st.dataframe(pd.DataFrame(runs), hide_index=True, width="stretch", key="home_runs")
