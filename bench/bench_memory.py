@@ -23,14 +23,19 @@ REPO = Path(__file__).resolve().parents[1]
 TARGET_GIB = 2.5
 
 
-def peak_of(cmd: list[str], env: dict) -> tuple[float, int]:
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def measured(cmd: list[str], env: dict | None = None) -> tuple[int, float, str]:
+    """Run a command to its end: (exit code, its peak RSS in GiB from the kernel's rusage, its stderr)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
+    return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 2**20, err  # ru_maxrss is KiB on Linux
+
+
+def peak_of(cmd: list[str], env: dict) -> float:
+    code, peak, err = measured(cmd, env)
     if code != 0:
-        sys.exit(f"{' '.join(cmd[:4])} failed ({code}): {err.decode(errors='replace')[-1500:]}")
-    return usage.ru_maxrss / 2**20, code
+        sys.exit(f"{' '.join(cmd[:4])} failed ({code}): {err[-1500:]}")
+    return peak
 
 
 APP = textwrap.dedent("""
@@ -56,13 +61,13 @@ def main() -> dict:
         from core.paths import model_cache_dir
         env = {**os.environ, "WORKBENCH_HOME": home, "PYTHONPATH": str(REPO),
                "WORKBENCH_MODEL_CACHE": str(model_cache_dir())}  # the converted model and map, not reconverted
-        tune, _ = peak_of([sys.executable, "-m", "workbench", "tune", "--task", "paraphrase", "--steps", "30",
+        tune = peak_of([sys.executable, "-m", "workbench", "tune", "--task", "paraphrase", "--steps", "30",
                            "--eval-every", "15", "--run-id", "mem"], env)
         print(f"default tuning run (paraphrase defaults, 30 steps): peak RSS {tune:.2f} GiB "
               f"({tune / TARGET_GIB:.2f}x the {TARGET_GIB} GiB target)", flush=True)
         script = Path(home) / "app.py"
         script.write_text(APP.format(repo=str(REPO), run="mem"))
-        app, _ = peak_of([sys.executable, str(script)], env)
+        app = peak_of([sys.executable, str(script)], env)
         print(f"app with the model loaded (Compare + Explore pages): peak RSS {app:.2f} GiB", flush=True)
     res = {"tune_peak_rss_gib": round(tune, 3), "app_peak_rss_gib": round(app, 3), "target_gib": TARGET_GIB,
            "tune_ratio_to_target": round(tune / TARGET_GIB, 3)}

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.bench_memory import measured  # noqa: E402
 from core.compare import CompareSpec, hard_systems, run_comparison, soft_system  # noqa: E402
 from core.config import TuneConfig  # noqa: E402
 from core.generator import Generator, System  # noqa: E402
@@ -61,13 +60,8 @@ def trained_run(cfg: TuneConfig, tag: str) -> tuple[Run, dict]:
         return run, saved or {"train_s": run.status().get("elapsed"), "peak_rss_gib": None,
                               "steps": run.status().get("step")}
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "workbench", "tune", "--run-dir", str(run.path)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    stderr = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
+    code, peak, stderr = measured([sys.executable, "-m", "workbench", "tune", "--run-dir", str(run.path)])
     wall = time.time() - t0
-    peak = usage.ru_maxrss / 2**20  # GiB (ru_maxrss is KiB on Linux)
     st = run.status()
     if code != 0 or st.get("state") != "completed":
         raise SystemExit(f"run {run.id} ended {st.get('state')}: {st.get('error') or stderr[-2000:]}")

@@ -3,6 +3,7 @@ and the validation message right under the field at fault."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import streamlit as st
 
@@ -31,9 +32,15 @@ def widget_value(name: str, value):
     return "" if value is None else value
 
 
+@functools.lru_cache(maxsize=None)
+def start_config(task: str | None) -> TuneConfig:
+    """The config a form starts from: the task's tuned defaults, or the general ones (read only)."""
+    return TuneConfig.for_task(task=task) if task else DEFAULTS
+
+
 def apply_defaults(task: str | None) -> None:
     """Set the form to a task's tuned defaults (general defaults for own data): on a task change."""
-    cfg = TuneConfig.for_task(task=task) if task else DEFAULTS
+    cfg = start_config(task)
     for name in TASK_FIELDS:
         st.session_state[key(name)] = widget_value(name, getattr(cfg, name))
 
@@ -45,8 +52,7 @@ def field_widget(name: str, container=st, label: str | None = None, task: str | 
     label = label or name.replace("_", " ").capitalize()
     help_ = f.metadata.get("help")
     if key(name) not in st.session_state:
-        start = TuneConfig.for_task(task=task) if task else DEFAULTS
-        st.session_state[key(name)] = widget_value(name, getattr(start, name))
+        st.session_state[key(name)] = widget_value(name, getattr(start_config(task), name))
     default = getattr(DEFAULTS, name)
     if name in _ENUMS:
         value = container.selectbox(label, [e.value for e in _ENUMS[name]], help=help_, key=key(name))
