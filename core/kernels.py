@@ -1,0 +1,88 @@
+"""Frozen linear layers on oneDNN's CPU matmul.
+
+PyTorch sends a float32 `nn.Linear` on the CPU to MKL's sgemm. On AMD processors MKL does not
+take its AVX-512 code path: on the 2-core AMD EPYC the workbench is measured on it reaches about
+half of what oneDNN's matmul (shipped inside every PyTorch CPU build, `torch.ops.mkldnn`) gets
+on the same shapes: 0.88 s against 0.40 s for the bundled model's linear layers over 640 tokens,
+42 ms against 22 ms for one decode step of 8 rows (`bench/bench_kernels.py`). Both compute in
+float32 (no bf16 or tf32 shortcuts); results differ only in summation order (~1e-6 relative).
+
+The base model is frozen, so its linear layers need no weight gradient: the backward pass only
+computes the input gradient, `grad @ W`, which is the same oneDNN matmul on `W.t()` (a view,
+no copy). Anything else falls back to `F.linear`: a weight that trains, bf16 autocast (which
+must keep casting), other dtypes and non-CPU devices. `WORKBENCH_ONEDNN=0` turns it off.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import torch.nn.functional as F
+
+_OP = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+
+
+def _mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return _OP(x, weight, bias, "none", [], "")  # (..., out) = x @ weight.T + bias
+
+
+class _FrozenLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(weight)
+        return _mm(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        gx = _mm(grad.contiguous(), weight.t(), None) if ctx.needs_input_grad[0] else None  # (..., in)
+        return gx, None, None
+
+
+class FrozenLinear(torch.nn.Linear):
+    """An `nn.Linear` whose frozen float32 CPU matmuls run on oneDNN; same parameters, same state dict."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if (w.requires_grad or w.device.type != "cpu" or w.dtype != torch.float32 or x.dtype != torch.float32
+                or torch.is_autocast_enabled("cpu") or (self.bias is not None and self.bias.requires_grad)):
+            return F.linear(x, w, self.bias)
+        return _FrozenLinearFn.apply(x, w, self.bias)
+
+
+def frozen_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T for a frozen float32 CPU weight, on oneDNN where it is available."""
+    if x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and available():
+        return _mm(x, weight, None)
+    return F.linear(x, weight)
+
+
+@functools.cache
+def _probe() -> bool:
+    try:
+        g = torch.Generator().manual_seed(0)
+        x, w = torch.randn(3, 5, 16, generator=g), torch.randn(8, 16, generator=g)
+        return bool(torch.allclose(_mm(x, w, None), F.linear(x, w), rtol=1e-5, atol=1e-5))
+    except RuntimeError:
+        return False
+
+
+def available() -> bool:
+    """oneDNN is in this PyTorch build, not turned off, and agrees with F.linear on a probe."""
+    if _OP is None or os.environ.get("WORKBENCH_ONEDNN", "1") == "0" or not torch.backends.mkldnn.is_available():
+        return False
+    return _probe()
+
+
+def use_onednn(model: torch.nn.Module) -> int:
+    """Switch the model's plain `nn.Linear` layers to FrozenLinear in place; returns how many."""
+    if not available():
+        return 0
+    n = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            module.__class__ = FrozenLinear
+            n += 1
+    return n
+

@@ -1,0 +1,63 @@
+"""Frozen linear layers on oneDNN: same results as F.linear, input gradients, and every fallback."""
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from core import kernels
+from core.kernels import FrozenLinear, use_onednn
+from core.models import load_model
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="this PyTorch build has no oneDNN")
+
+
+def frozen(n_in=24, n_out=40, bias=True):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(n_in, n_out, bias=bias).requires_grad_(False)
+    assert use_onednn(layer) == 1
+    return layer
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_and_input_gradient_equal_f_linear(bias):
+    layer = frozen(bias=bias)
+    assert type(layer) is FrozenLinear
+    x = torch.randn(3, 7, 24, requires_grad=True)
+    y = layer(x)
+    ref_x = x.detach().clone().requires_grad_(True)
+    ref = F.linear(ref_x, layer.weight, layer.bias)
+    assert torch.allclose(y, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y)
+    y.backward(g)
+    ref.backward(g)
+    assert torch.allclose(x.grad, ref_x.grad, rtol=1e-5, atol=1e-5)
+    assert layer.weight.grad is None  # frozen: no weight gradient is computed
+
+
+def test_falls_back_to_f_linear_when_the_weight_trains_or_under_bf16_autocast():
+    layer = frozen()
+    x = torch.randn(4, 24)
+    layer.weight.requires_grad_(True)  # trainable again: ordinary autograd, weight gradient included
+    layer(x).sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    layer.weight.requires_grad_(False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16  # autocast still casts the matmul
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv("WORKBENCH_ONEDNN", "0")
+    layer = torch.nn.Linear(4, 4)
+    assert use_onednn(layer) == 0 and type(layer) is torch.nn.Linear
+
+
+def test_loaded_model_uses_it_and_gives_the_stock_logits(tiny_model_dir, tokenizer):
+    lm = load_model(tiny_model_dir)
+    layers = [m for m in lm.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert layers and all(type(m) is FrozenLinear for m in layers)
+    stock = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = torch.tensor([tokenizer("The river flows past the stone bridge")["input_ids"]])
+    with torch.no_grad():
+        ours, ref = lm.model(input_ids=ids).logits, stock(input_ids=ids).logits
+    assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-5)
+    assert set(lm.model.state_dict()) == set(stock.state_dict())  # saves and loads as before
