@@ -26,3 +26,19 @@ def test_loss_and_gradients_equal_pefts(tiny_model_dir, tokenizer, kw):
     assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
     for g, r in zip(grads, ref_grads):
         assert torch.allclose(g, r, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["prompt-tuning", "p-tuning"])
+def test_virtual_tokens_run_once_per_batch_not_once_per_row(tiny_model_dir, tokenizer, method):
+    """The first decoder layer sees the virtual tokens as one row, then the text rows after them."""
+    cfg = TuneConfig(num_virtual_tokens=3, encoder_hidden_size=8, method=method)
+    model = build_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, cfg, tiny_model_dir)
+    fmt = Formatter(tokenizer, "plain", "{input}")
+    rows = [{"input": f"input number {i}", "target": "yes"} for i in range(4)]
+    batch = PadCollator(tokenizer.pad_token_id)([EncodedDataset(rows, fmt)[i] for i in range(4)])
+    seen = []
+    layer = model.get_base_model().get_decoder().layers[0]
+    hook = layer.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape[:2])))
+    labelled_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"]).backward()
+    hook.remove()
+    assert seen == [(1, 3), tuple(batch["input_ids"].shape)]
