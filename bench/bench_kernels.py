@@ -1,0 +1,74 @@
+"""Matmul kernels for the frozen model: PyTorch's default CPU path (MKL sgemm) against oneDNN
+(core/kernels.py) on the bundled model's own linear layers, float32 both.
+
+Shapes: 8 rows (one decode step of a batch of 8), 160 (a prefill), 640 (a training batch of
+8 x 80 tokens), forward and, for 640, the input-gradient matmul of the backward pass. Also the
+largest difference between the two kernels' outputs. Writes bench-results/kernels.json.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from core.kernels import _mm, available  # noqa: E402
+from core.models import load_model  # noqa: E402
+
+
+def timed(fn, reps: int = 7) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> dict:
+    assert available(), "this PyTorch build has no oneDNN"
+    model = load_model("smollm2-135m-instruct").model
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]  # 7 per block + the LM head
+    res = {"threads": torch.get_num_threads(), "layers": len(layers), "cpu": _cpu()}
+    with torch.no_grad():
+        for rows in (8, 160, 640):
+            xs = {n: torch.randn(rows, n) for n in {m.in_features for m in layers}}
+            mkl = timed(lambda: [F.linear(xs[m.in_features], m.weight) for m in layers])
+            dnn = timed(lambda: [_mm(xs[m.in_features], m.weight, None) for m in layers])
+            res[f"forward_{rows}_rows"] = {"mkl_s": mkl, "onednn_s": dnn, "speedup": mkl / dnn}
+        gs = {n: torch.randn(640, n) for n in {m.out_features for m in layers}}
+        mkl = timed(lambda: [gs[m.out_features] @ m.weight for m in layers])
+        dnn = timed(lambda: [_mm(gs[m.out_features], m.weight.t(), None) for m in layers])
+        res["input_grad_640_rows"] = {"mkl_s": mkl, "onednn_s": dnn, "speedup": mkl / dnn}
+        x = torch.randn(640, 576)
+        head = layers[-1].weight
+        res["max_abs_diff_lm_head"] = float((F.linear(x, head) - _mm(x, head, None)).abs().max())
+        res["max_abs_lm_head"] = float(F.linear(x, head).abs().max())
+    return res
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+if __name__ == "__main__":
+    r = main()
+    for key in ("forward_8_rows", "forward_160_rows", "forward_640_rows", "input_grad_640_rows"):
+        v = r[key]
+        print(f"{key:22s} MKL {1000 * v['mkl_s']:7.1f} ms  oneDNN {1000 * v['onednn_s']:7.1f} ms  = {v['speedup']:.2f}x")
+    print(f"LM head outputs: largest difference {r['max_abs_diff_lm_head']:.2e} on values up to {r['max_abs_lm_head']:.1f}")
+    Path("bench-results").mkdir(exist_ok=True)
+    Path("bench-results/kernels.json").write_text(json.dumps(r, indent=2))
+    print(json.dumps(r))
