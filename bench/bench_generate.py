@@ -15,7 +15,6 @@ Prints tokens/s and the speed-ups, asserts identical greedy outputs, writes benc
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from peft import PeftModel  # noqa: E402
 
+from bench.common import stock_model  # noqa: E402
 from core.config import TuneConfig  # noqa: E402
 from core.formatting import Formatter  # noqa: E402
 from core.generator import Decoding, Generator, System  # noqa: E402
@@ -73,15 +73,6 @@ def ours(gen: Generator, system: System, inputs: list[str]) -> tuple[list[list[i
     for i, toks in zip(order, gen._generate_batch([encoded[i] for i in order], Decoding(max_new_tokens=NEW), None)):
         out[i] = toks
     return out, time.perf_counter() - t0, sum(map(len, out))
-
-
-def stock_model():
-    """The bundled model as plain transformers runs it (PyTorch's default CPU matmul)."""
-    os.environ["WORKBENCH_ONEDNN"] = "0"
-    try:
-        return load_model("smollm2-135m-instruct").model
-    finally:
-        del os.environ["WORKBENCH_ONEDNN"]
 
 
 def decode_step_ms(model, context: int = 100) -> dict:

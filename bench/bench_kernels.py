@@ -8,27 +8,16 @@ largest difference between the two kernels' outputs. Writes bench-results/kernel
 from __future__ import annotations
 
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import timed  # noqa: E402
 from core.kernels import _mm, available  # noqa: E402
 from core.models import load_model  # noqa: E402
-
-
-def timed(fn, reps: int = 7) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> dict:
@@ -39,12 +28,12 @@ def main() -> dict:
     with torch.no_grad():
         for rows in (8, 160, 640):
             xs = {n: torch.randn(rows, n) for n in {m.in_features for m in layers}}
-            mkl = timed(lambda: [F.linear(xs[m.in_features], m.weight) for m in layers])
-            dnn = timed(lambda: [_mm(xs[m.in_features], m.weight, None) for m in layers])
+            mkl = timed(lambda: [F.linear(xs[m.in_features], m.weight) for m in layers], 7, 1)
+            dnn = timed(lambda: [_mm(xs[m.in_features], m.weight, None) for m in layers], 7, 1)
             res[f"forward_{rows}_rows"] = {"mkl_s": mkl, "onednn_s": dnn, "speedup": mkl / dnn}
         gs = {n: torch.randn(640, n) for n in {m.out_features for m in layers}}
-        mkl = timed(lambda: [gs[m.out_features] @ m.weight for m in layers])
-        dnn = timed(lambda: [_mm(gs[m.out_features], m.weight.t(), None) for m in layers])
+        mkl = timed(lambda: [gs[m.out_features] @ m.weight for m in layers], 7, 1)
+        dnn = timed(lambda: [_mm(gs[m.out_features], m.weight.t(), None) for m in layers], 7, 1)
         res["input_grad_640_rows"] = {"mkl_s": mkl, "onednn_s": dnn, "speedup": mkl / dnn}
         x = torch.randn(640, 576)
         head = layers[-1].weight

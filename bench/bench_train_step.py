@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import stock_model, timed  # noqa: E402
 from core.config import TuneConfig  # noqa: E402
 from core.fastloss import labelled_loss  # noqa: E402
 from core.formatting import IGNORE, PadCollator  # noqa: E402
@@ -39,17 +40,6 @@ def batch_of(tok) -> dict:
     return PadCollator(tok.pad_token_id)(items)
 
 
-def timed(fn, reps=REPS, warmup=2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def alternating(fns: dict, reps: int = REPS + 3) -> dict:
     """Median seconds of each function, timed in turn rep after rep."""
     for fn in fns.values():
@@ -61,16 +51,6 @@ def alternating(fns: dict, reps: int = REPS + 3) -> dict:
             fn()
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
-
-
-def stock_model():
-    """The bundled model as plain transformers runs it (PyTorch's default CPU matmul)."""
-    import os
-    os.environ["WORKBENCH_ONEDNN"] = "0"
-    try:
-        return load_model("smollm2-135m-instruct").model
-    finally:
-        del os.environ["WORKBENCH_ONEDNN"]
 
 
 def main() -> dict:

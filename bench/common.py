@@ -1,0 +1,32 @@
+"""Helpers the benchmark scripts share: a median timer and the bundled model as stock transformers runs it."""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from core.models import load_model  # noqa: E402
+
+
+def timed(fn, reps: int = 5, warmup: int = 2) -> float:
+    """Median seconds of `reps` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def stock_model():
+    """The bundled model with PyTorch's default CPU matmul (no oneDNN kernels, core/kernels.py)."""
+    os.environ["WORKBENCH_ONEDNN"] = "0"
+    try:
+        return load_model("smollm2-135m-instruct").model
+    finally:
+        del os.environ["WORKBENCH_ONEDNN"]
