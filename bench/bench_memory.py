@@ -17,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,11 +26,31 @@ TARGET_GIB = 2.5
 
 
 def measured(cmd: list[str], env: dict | None = None) -> tuple[int, float, str]:
-    """Run a command to its end: (exit code, its peak RSS in GiB from the kernel's rusage, its stderr)."""
+    """Run a command to its end: (exit code, its peak RSS in GiB, its stderr).
+
+    The peak is the child's own VmHWM, read from /proc while it runs. Not rusage's ru_maxrss: the
+    kernel starts an exec'd child's maxrss at its parent's high-water mark, so a child of a big
+    process (bench/results.py holds the model) would report the parent's size."""
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 2**20, err  # ru_maxrss is KiB on Linux
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    peak_kib = 0
+    while proc.poll() is None:
+        peak_kib = max(peak_kib, _vm_hwm_kib(proc.pid))
+        time.sleep(0.1)
+    reader.join()
+    return proc.returncode, peak_kib / 2**20, "".join(err)
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):  # it has just ended
+        pass
+    return 0
 
 
 def peak_of(cmd: list[str], env: dict) -> float:
