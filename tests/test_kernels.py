@@ -61,35 +61,3 @@ def test_loaded_model_uses_it_and_gives_the_stock_logits(tiny_model_dir, tokeniz
         ours, ref = lm.model(input_ids=ids).logits, stock(input_ids=ids).logits
     assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-5)
     assert set(lm.model.state_dict()) == set(stock.state_dict())  # saves and loads as before
-
-
-RSS_SCRIPT = """
-import sys, torch
-sys.path.insert(0, {repo!r})
-from core.kernels import return_large_buffers
-if {fixed}:
-    assert return_large_buffers()
-def rss_mb():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
-first = torch.ones(6 * 2**20)  # 24 MB, mapped; freeing it raises glibc's own threshold to 24 MB
-del first
-before = rss_mb()
-block = torch.ones(5 * 2**20)  # 20 MB: from the heap under the raised threshold, mapped under the fixed one
-del block
-print(rss_mb() - before)
-"""
-
-
-@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's allocator")
-def test_freed_large_buffers_go_back_to_the_system():
-    import subprocess
-    import sys
-    from pathlib import Path
-    repo = str(Path(__file__).resolve().parent.parent)
-
-    def kept_mb(fixed: bool) -> float:
-        out = subprocess.run([sys.executable, "-c", RSS_SCRIPT.format(repo=repo, fixed=fixed)],
-                             capture_output=True, text=True, check=True).stdout
-        return float(out.split()[-1])
-    assert kept_mb(True) < 2  # the 20 MB block was given back
-    assert kept_mb(False) > 15  # glibc left to itself keeps it (what made long runs grow)
