@@ -11,20 +11,11 @@ The base model is frozen, so its linear layers need no weight gradient: the back
 computes the input gradient, `grad @ W`, which is the same oneDNN matmul on `W.t()` (a view,
 no copy). Anything else falls back to `F.linear`: a weight that trains, bf16 autocast (which
 must keep casting), other dtypes and non-CPU devices. `WORKBENCH_ONEDNN=0` turns it off.
-
-`return_large_buffers` keeps glibc from holding on to freed activation buffers. glibc raises
-its mmap threshold each time a large block is freed (up to 32 MB), after which blocks of a few
-MB come from its heap, and with batch shapes changing every step (and oneDNN's working buffers
-sized to each shape) the heap fragments and the process only grows: a 150-step qa run peaked
-at 4.2 GiB. With the threshold fixed at 4 MB larger blocks are mapped and given back on free.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import os
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -95,15 +86,3 @@ def use_onednn(model: torch.nn.Module) -> int:
             n += 1
     return n
 
-
-
-@functools.cache
-def return_large_buffers(threshold_mb: int = 4) -> bool:
-    """glibc only: blocks of `threshold_mb` MB and more are mapped and given back when freed."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-3, threshold_mb * 2**20))  # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc (musl): its allocator stays as it is
-        return False

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from core.kernels import return_large_buffers, use_onednn
+from core.kernels import use_onednn
 from core.paths import WorkbenchError, model_cache_dir
 
 BUNDLED = {
@@ -139,7 +139,6 @@ def load_model(spec: str = DEFAULT_MODEL, trust_remote_code: bool = False) -> Lo
     # Denormal floats make CPU matmuls 10-100x slower; prefix tuning produces them within a few
     # steps (one 8-step run: 107 s with them, 6.7 s flushed). Flushing them changes nothing visible.
     torch.set_flush_denormal(True)
-    return_large_buffers()  # a process that trains or generates does not keep growing (core/kernels.py)
     where, kwargs = resolve_model_dir(spec, trust_remote_code)
     config = _read_config(spec, where, kwargs)
     try:
