@@ -3,8 +3,8 @@
 PyTorch sends a float32 `nn.Linear` on the CPU to MKL's sgemm. On AMD processors MKL does not
 take its AVX-512 code path: on the 2-core AMD EPYC the workbench is measured on it reaches about
 half of what oneDNN's matmul (shipped inside every PyTorch CPU build, `torch.ops.mkldnn`) gets
-on the same shapes: 0.88 s against 0.40 s for the bundled model's linear layers over 640 tokens,
-42 ms against 22 ms for one decode step of 8 rows (`bench/bench_kernels.py`). Both compute in
+on the same shapes: 0.85 s against 0.39 s for the bundled model's linear layers over 640 tokens,
+42 ms against 25 ms for 8 rows (one decode step; `bench/bench_kernels.py`). Both compute in
 float32 (no bf16 or tf32 shortcuts); results differ only in summation order (~1e-6 relative).
 
 The base model is frozen, so its linear layers need no weight gradient: the backward pass only
