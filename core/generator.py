@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
+from core.batching import ActiveRows
 from core.formatting import Formatter
 from core.paths import read_json
 from core.prompt_vectors import adapter_prompt, check_adapter_fits
@@ -171,7 +172,7 @@ class Generator:
                 new = self._prefill([parts[r] for r in take], torch.tensor(take), decoding, gen, out)
                 active = new if active is None else active.merge(new)
             else:
-                active.step(self.model, decoding, gen, out)
+                active.step(self.model, lambda logits: _pick(logits, decoding, gen), out)
             ended = active.ended(decoding.max_new_tokens, out)
             if ended.any() and (greedy or ended.all()):
                 finished += int(ended.sum())
@@ -180,12 +181,12 @@ class Generator:
                     progress(finished, len(batch))
         return out
 
-    def _prefill(self, parts, rows: torch.Tensor, decoding: Decoding, gen, out) -> "_Active":
+    def _prefill(self, parts, rows: torch.Tensor, decoding: Decoding, gen, out) -> ActiveRows:
         ids, mask, pos, cache = self._batch_inputs(parts)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                             use_cache=True, logits_to_keep=1).logits[:, -1]  # (b, V)
         kinds = self.token_kinds() if decoding.stop_at_newline else None
-        active = _Active(rows, mask, pos[:, -1:] + 1, cache, _stop_ids(self.tokenizer), kinds, self.tokenizer.pad_token_id)
+        active = ActiveRows(rows, mask, pos[:, -1:] + 1, cache, _stop_ids(self.tokenizer), kinds, self.tokenizer.pad_token_id)
         active.take(_pick(logits, decoding, gen), out)
         return active
 
@@ -222,81 +223,6 @@ class Generator:
                 pred = logp[r, -n - 1:-1]  # (n, V)
                 out[i] = float(pred.gather(-1, ids[r, -n:, None]).mean())
         return out
-
-
-@dataclass
-class _Active:
-    """The rows being decoded: their output row numbers, attention mask (b, W) over the cache,
-    next positions (b, 1), the key/value cache (b, H, W, d) and each row's last token."""
-    rows: torch.Tensor  # (b,) output row of each batch slot
-    mask: torch.Tensor
-    pos: torch.Tensor  # (b, 1) position of each row's next input token
-    cache: DynamicCache
-    stops: torch.Tensor
-    kinds: tuple | None  # (breaks, texts) per vocabulary id when outputs end at a line break
-    pad: int
-    last: torch.Tensor = None  # (b,) last picked token
-    done: torch.Tensor = None  # (b,)
-    has_text: torch.Tensor = None  # (b,)
-
-    def take(self, nxt: torch.Tensor, out: list[list[int]]) -> None:
-        """Record the picked tokens of the rows still running and update their end flags."""
-        if self.done is None:
-            self.done = torch.zeros(len(nxt), dtype=torch.bool)
-            self.has_text = torch.zeros(len(nxt), dtype=torch.bool)
-        for slot, r in enumerate(self.rows.tolist()):
-            if not self.done[slot]:
-                out[r].append(int(nxt[slot]))
-        self.done = self.done | torch.isin(nxt, self.stops)
-        if self.kinds is not None:  # a line break ends the output once it has some text
-            breaks, texts = self.kinds
-            self.done |= breaks[nxt] & (self.has_text | texts[nxt])
-            self.has_text = self.has_text | texts[nxt]
-        self.last = nxt
-
-    def step(self, model, decoding: Decoding, gen, out) -> None:
-        ids = torch.where(self.done, torch.full_like(self.last, self.pad), self.last)[:, None]  # (b, 1)
-        self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long)], dim=1)
-        logits = model(input_ids=ids, attention_mask=self.mask, position_ids=self.pos, past_key_values=self.cache,
-                       use_cache=True, logits_to_keep=1).logits[:, -1]  # (b, V)
-        self.pos = self.pos + 1
-        self.take(_pick(logits, decoding, gen), out)
-
-    def ended(self, max_new_tokens: int, out: list[list[int]]) -> torch.Tensor:
-        """(b,) rows that stopped or hold max_new_tokens tokens (they take no more)."""
-        self.done = self.done | torch.tensor([len(out[r]) >= max_new_tokens for r in self.rows.tolist()])
-        return self.done
-
-    def keep(self, slots: torch.Tensor) -> "_Active":
-        """Only these batch slots, with the cache columns no remaining row uses cut off."""
-        mask = self.mask[slots]
-        first = int(mask.any(0).nonzero()[0])  # leading columns that are padding for every row
-        for layer in self.cache.layers:
-            layer.keys, layer.values = layer.keys[slots, :, first:], layer.values[slots, :, first:]
-        return _Active(self.rows[slots], mask[:, first:], self.pos[slots], self.cache, self.stops, self.kinds,
-                       self.pad, self.last[slots], self.done[slots], self.has_text[slots])
-
-    def merge(self, other: "_Active") -> "_Active":
-        """Both sets of rows in one batch: the narrower cache is left-padded to the wider one."""
-        W = max(self.mask.shape[1], other.mask.shape[1])
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
-            mine.keys = torch.cat([_left_pad(mine.keys, W), _left_pad(theirs.keys, W)])
-            mine.values = torch.cat([_left_pad(mine.values, W), _left_pad(theirs.values, W)])
-        cat = lambda a, b: torch.cat([a, b])  # noqa: E731
-        return _Active(cat(self.rows, other.rows), cat(_left_pad(self.mask, W), _left_pad(other.mask, W)),
-                       cat(self.pos, other.pos), self.cache, self.stops, self.kinds, self.pad,
-                       cat(self.last, other.last), cat(self.done, other.done), cat(self.has_text, other.has_text))
-
-
-def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
-    """Zero columns before t's sequence axis (the last for masks (b, W), the third for (b, H, W, d))."""
-    axis = 1 if t.dim() == 2 else 2
-    missing = width - t.shape[axis]
-    if missing == 0:
-        return t
-    shape = list(t.shape)
-    shape[axis] = missing
-    return torch.cat([torch.zeros(shape, dtype=t.dtype), t], dim=axis)
 
 
 def _layers(cache) -> KV:

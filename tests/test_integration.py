@@ -136,7 +136,7 @@ def test_finished_rows_leave_the_batch_and_the_others_go_on_unchanged():
 def test_continuous_batching_gives_every_row_what_it_gets_alone(monkeypatch):
     """Greedy rows that end early make room for waiting rows, which are prefilled and join the
     running batch; each row's output must be exactly its output in a batch of its own."""
-    from core import generator
+    from core import batching
     from core.generator import Decoding, Generator, System
     from core.models import load_model
     lm = load_model("smollm2-135m-instruct")
@@ -147,8 +147,8 @@ def test_continuous_batching_gives_every_row_what_it_gets_alone(monkeypatch):
     decoding = Decoding(max_new_tokens=8, stop_at_newline=True)
     alone = [Generator(lm.model, lm.tokenizer, batch_size=1).generate([r], decoding)[0] for r in rows]
     merges = []
-    real_merge = generator._Active.merge
-    monkeypatch.setattr(generator._Active, "merge", lambda a, b: merges.append((len(a.rows), len(b.rows)))
+    real_merge = batching.ActiveRows.merge
+    monkeypatch.setattr(batching.ActiveRows, "merge", lambda a, b: merges.append((len(a.rows), len(b.rows)))
                         or real_merge(a, b))
     together = Generator(lm.model, lm.tokenizer, batch_size=4).generate(rows, decoding)
     assert together == alone
