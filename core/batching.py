@@ -7,7 +7,7 @@ later are merged in (`merge`), the narrower cache left-padded to the wider one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -29,11 +29,13 @@ class ActiveRows:
     done: torch.Tensor = None  # (b,)
     has_text: torch.Tensor = None  # (b,)
 
+    def __post_init__(self):
+        if self.done is None:
+            self.done = torch.zeros(len(self.rows), dtype=torch.bool)
+            self.has_text = torch.zeros(len(self.rows), dtype=torch.bool)
+
     def take(self, nxt: torch.Tensor, out: list[list[int]]) -> None:
         """Record the picked tokens of the rows still running and update their end flags."""
-        if self.done is None:
-            self.done = torch.zeros(len(nxt), dtype=torch.bool)
-            self.has_text = torch.zeros(len(nxt), dtype=torch.bool)
         for slot, r in enumerate(self.rows.tolist()):
             if not self.done[slot]:
                 out[r].append(int(nxt[slot]))
@@ -64,8 +66,8 @@ class ActiveRows:
         first = int(mask.any(0).nonzero()[0])  # leading columns that are padding for every row
         for layer in self.cache.layers:
             layer.keys, layer.values = layer.keys[slots, :, first:], layer.values[slots, :, first:]
-        return ActiveRows(self.rows[slots], mask[:, first:], self.pos[slots], self.cache, self.stops, self.kinds,
-                       self.pad, self.last[slots], self.done[slots], self.has_text[slots])
+        return replace(self, rows=self.rows[slots], mask=mask[:, first:], pos=self.pos[slots], last=self.last[slots],
+                       done=self.done[slots], has_text=self.has_text[slots])
 
     def merge(self, other: "ActiveRows") -> "ActiveRows":
         """Both sets of rows in one batch: the narrower cache is left-padded to the wider one."""
@@ -74,9 +76,9 @@ class ActiveRows:
             mine.keys = torch.cat([_left_pad(mine.keys, W), _left_pad(theirs.keys, W)])
             mine.values = torch.cat([_left_pad(mine.values, W), _left_pad(theirs.values, W)])
         cat = lambda a, b: torch.cat([a, b])  # noqa: E731
-        return ActiveRows(cat(self.rows, other.rows), cat(_left_pad(self.mask, W), _left_pad(other.mask, W)),
-                       cat(self.pos, other.pos), self.cache, self.stops, self.kinds, self.pad,
-                       cat(self.last, other.last), cat(self.done, other.done), cat(self.has_text, other.has_text))
+        return replace(self, rows=cat(self.rows, other.rows), mask=cat(_left_pad(self.mask, W), _left_pad(other.mask, W)),
+                       pos=cat(self.pos, other.pos), last=cat(self.last, other.last), done=cat(self.done, other.done),
+                       has_text=cat(self.has_text, other.has_text))
 
 
 def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:

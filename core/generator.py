@@ -161,6 +161,7 @@ class Generator:
         keeps its own positions and mask, so what it generates does not depend on its neighbours.
         Sampling runs fixed batches (each batch's random stream independent of when rows end)."""
         parts = self._split(batch)
+        ends = (_stop_ids(self.tokenizer), self.token_kinds() if decoding.stop_at_newline else None)
         greedy = decoding.temperature <= 0
         refill_at = max(1, self.batch_size // 4) if greedy else self.batch_size
         out: list[list[int]] = [[] for _ in batch]
@@ -169,7 +170,7 @@ class Generator:
             free = self.batch_size - (len(active.rows) if active is not None else 0)
             if waiting and free >= refill_at:
                 take, waiting = waiting[:free], waiting[free:]
-                new = self._prefill([parts[r] for r in take], torch.tensor(take), decoding, gen, out)
+                new = self._prefill([parts[r] for r in take], torch.tensor(take), ends, decoding, gen, out)
                 active = new if active is None else active.merge(new)
             else:
                 active.step(self.model, lambda logits: _pick(logits, decoding, gen), out)
@@ -181,12 +182,12 @@ class Generator:
                     progress(finished, len(batch))
         return out
 
-    def _prefill(self, parts, rows: torch.Tensor, decoding: Decoding, gen, out) -> ActiveRows:
+    def _prefill(self, parts, rows: torch.Tensor, ends: tuple, decoding: Decoding, gen, out) -> ActiveRows:
+        """The rows' prompts through the model at once; their first tokens picked. `ends`: stop ids, token kinds."""
         ids, mask, pos, cache = self._batch_inputs(parts)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                             use_cache=True, logits_to_keep=1).logits[:, -1]  # (b, V)
-        kinds = self.token_kinds() if decoding.stop_at_newline else None
-        active = ActiveRows(rows, mask, pos[:, -1:] + 1, cache, _stop_ids(self.tokenizer), kinds, self.tokenizer.pad_token_id)
+        active = ActiveRows(rows, mask, pos[:, -1:] + 1, cache, *ends, self.tokenizer.pad_token_id)
         active.take(_pick(logits, decoding, gen), out)
         return active
 
