@@ -2,10 +2,15 @@
 
 Two savings over PEFT's forward, with the same loss and gradients (tested):
 - The virtual tokens are the same for every row and come first, so under causal attention
-  their hidden states, keys and values are the same in every row too. They are computed once
-  (batch 1) and their keys/values broadcast to the batch as a shared past; autograd sums the
-  rows' gradients into that one copy. PEFT runs them once per row: with 20 virtual tokens
-  before 80-token rows that is a fifth of the body's work spent eight times over.
+  their hidden states, keys and values are the same in every row too. PEFT runs them once per
+  row: with 20 virtual tokens before 80-token rows that is a fifth of the body's work spent
+  eight times over. Here they run once per batch. For llama-family models the batch goes
+  through the decoder as one flat sequence, the virtual tokens followed by every text row
+  (positions restart per row), so each linear layer is one matmul over N + B*T rows instead of
+  a second pass over all the weights for N rows; a registered attention function splits the
+  sequence back into rows that attend to the shared virtual keys/values and to themselves.
+  Other models get the virtual tokens' keys/values computed at batch 1 and broadcast to the
+  batch as a past. Either way autograd sums the rows' gradients into the one copy.
   Prefix tuning's prompt already is a past of keys/values; it too is built once and broadcast.
 - PEFT runs the LM head (576 x 49,152 for the bundled model, about a fifth of the forward
   cost) on every position and then ignores all but the target positions; here it runs only
@@ -19,9 +24,61 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from transformers import AttentionInterface
 
 from core.formatting import IGNORE
 from core.kernels import frozen_matmul
+
+FLAT_ATTENTION = "workbench_flat_prompt"
+_FLAT_MODELS = {"llama"}  # rotary positions from position_ids, attention through the attention interface
+
+
+def _flat_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention over one flat sequence [N virtual tokens, B rows of T tokens] (queries (1, H, N+B*T, d),
+    keys/values (1, Hkv, N+B*T, d)); `attention_mask` is the rows' (B, 1, T, N+T) boolean mask."""
+    B, _, T, NT = attention_mask.shape
+    N, (H, d), Hkv = NT - T, query.shape[1::2], key.shape[1]
+    gqa = dict(scale=scaling, dropout_p=dropout, enable_gqa=H != Hkv)
+    virt = F.scaled_dot_product_attention(query[:, :, :N], key[:, :, :N], value[:, :, :N], is_causal=True, **gqa)
+
+    def rows(x):  # (1, h, N+B*T, d) -> (B, h, T, d)
+        return x[0, :, N:].unflatten(1, (B, T)).transpose(0, 1)
+
+    def with_prompt(x):  # the virtual tokens' keys/values in front of every row: (B, Hkv, N+T, d)
+        return torch.cat([x[:, :, :N].expand(B, -1, -1, -1), rows(x)], dim=2)
+
+    text = F.scaled_dot_product_attention(rows(query), with_prompt(key), with_prompt(value),
+                                          attn_mask=attention_mask, **gqa)  # (B, H, T, d)
+    return torch.cat([virt[0].transpose(0, 1), text.transpose(1, 2).flatten(0, 1)])[None], None  # (1, N+B*T, H, d)
+
+
+AttentionInterface.register(FLAT_ATTENTION, _flat_attention)
+
+
+def _can_flatten(base) -> bool:
+    cfg = base.config
+    return (cfg.model_type in _FLAT_MODELS and cfg._attn_implementation in ("sdpa", "eager")
+            and getattr(cfg, "sliding_window", None) is None)
+
+
+def _flat_hidden(base, prompt: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden states (B, T, D) of the text rows after the soft prompt (1, N, D), one flat pass."""
+    decoder = base.get_decoder()
+    (B, T), N = input_ids.shape, prompt.shape[1]
+    embeds = decoder.embed_tokens(input_ids)  # (B, T, D)
+    flat = torch.cat([prompt[0], embeds.flatten(0, 1)])[None]  # (1, N+B*T, D)
+    dev = input_ids.device
+    positions = torch.cat([torch.arange(N, device=dev), torch.arange(N, N + T, device=dev).repeat(B)])[None]
+    causal = torch.ones(T, N + T, dtype=torch.bool, device=dev).tril(N)  # row token t sees the prompt and tokens <= t
+    keys = torch.cat([torch.ones(B, N, dtype=torch.bool, device=dev), attention_mask.bool()], dim=1)  # (B, N+T)
+    mask = (causal[None] & keys[:, None])[:, None]  # (B, 1, T, N+T): a 4D mask reaches the attention as it is
+    cfg, impl = base.config, base.config._attn_implementation
+    cfg._attn_implementation = FLAT_ATTENTION
+    try:
+        hidden = decoder(inputs_embeds=flat, attention_mask=mask, position_ids=positions, use_cache=False)
+    finally:
+        cfg._attn_implementation = impl
+    return hidden.last_hidden_state[0, N:].unflatten(0, (B, T))
 
 
 def shared_prompt_cache(peft_model, batch_size: int):
@@ -45,11 +102,15 @@ def labelled_loss(peft_model, input_ids: torch.Tensor, attention_mask: torch.Ten
     """Mean cross-entropy over labelled tokens; inputs (B, T) right-padded as in training."""
     base = peft_model.get_base_model()
     B = input_ids.shape[0]
-    cache, N = shared_prompt_cache(peft_model, B)
-    mask = torch.cat([torch.ones(B, N, dtype=attention_mask.dtype, device=attention_mask.device),
-                      attention_mask], dim=1)  # (B, N+T)
-    hidden = base.get_decoder()(input_ids=input_ids, attention_mask=mask, past_key_values=cache,
-                                use_cache=True).last_hidden_state  # (B, T, D) at positions N..N+T-1
+    if peft_model.active_peft_config.peft_type.value != "PREFIX_TUNING" and _can_flatten(base):
+        prompt = peft_model.get_prompt(batch_size=1).to(base.dtype)  # (1, N, D)
+        hidden = _flat_hidden(base, prompt, input_ids, attention_mask)
+    else:
+        cache, N = shared_prompt_cache(peft_model, B)
+        mask = torch.cat([torch.ones(B, N, dtype=attention_mask.dtype, device=attention_mask.device),
+                          attention_mask], dim=1)  # (B, N+T)
+        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=mask, past_key_values=cache,
+                                    use_cache=True).last_hidden_state  # (B, T, D) at positions N..N+T-1
     # position t predicts token t+1: keep the positions whose next token carries a label
     targets = labels[:, 1:]  # (B, T-1)
     keep = targets != IGNORE  # (B, T-1)

@@ -3,14 +3,24 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from core.config import TuneConfig
+from core import fastloss
 from core.fastloss import labelled_loss
 from core.formatting import EncodedDataset, Formatter, PadCollator
 from core.methods import build_peft_model
 
 
+@pytest.fixture(params=["flat", "broadcast past"])
+def layout(request, monkeypatch):
+    """Both ways of running the virtual tokens once: the flat sequence (llama family) and the
+    broadcast key/value past (every other model)."""
+    if request.param == "broadcast past":
+        monkeypatch.setattr(fastloss, "_FLAT_MODELS", set())
+    return request.param
+
+
 @pytest.mark.parametrize("kw", [dict(method="prompt-tuning"), dict(method="p-tuning", encoder_type="lstm"),
                                 dict(method="prefix-tuning"), dict(method="prefix-tuning", prefix_projection=True)])
-def test_loss_and_gradients_equal_pefts(tiny_model_dir, tokenizer, kw):
+def test_loss_and_gradients_equal_pefts(tiny_model_dir, tokenizer, kw, layout):
     torch.manual_seed(0)
     cfg = TuneConfig(num_virtual_tokens=3, encoder_hidden_size=8, **kw)
     model = build_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, cfg, tiny_model_dir)
@@ -29,8 +39,9 @@ def test_loss_and_gradients_equal_pefts(tiny_model_dir, tokenizer, kw):
 
 
 @pytest.mark.parametrize("method", ["prompt-tuning", "p-tuning"])
-def test_virtual_tokens_run_once_per_batch_not_once_per_row(tiny_model_dir, tokenizer, method):
-    """The first decoder layer sees the virtual tokens as one row, then the text rows after them."""
+def test_virtual_tokens_run_once_per_batch_not_once_per_row(tiny_model_dir, tokenizer, method, layout):
+    """The first decoder layer sees the virtual tokens once: in front of the flattened text rows,
+    or as a row of their own before the text rows."""
     cfg = TuneConfig(num_virtual_tokens=3, encoder_hidden_size=8, method=method)
     model = build_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, cfg, tiny_model_dir)
     fmt = Formatter(tokenizer, "plain", "{input}")
@@ -41,4 +52,24 @@ def test_virtual_tokens_run_once_per_batch_not_once_per_row(tiny_model_dir, toke
     hook = layer.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape[:2])))
     labelled_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"]).backward()
     hook.remove()
-    assert seen == [(1, 3), tuple(batch["input_ids"].shape)]
+    B, T = batch["input_ids"].shape
+    assert seen == ([(1, 3 + B * T)] if layout == "flat" else [(1, 3), (B, T)])
+
+
+def test_flat_layout_gives_the_model_its_attention_back_even_when_the_pass_fails(tiny_model_dir, tokenizer):
+    model = build_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer,
+                             TuneConfig(num_virtual_tokens=3), tiny_model_dir)
+    config = model.get_base_model().config
+    impl = config._attn_implementation
+    ds = EncodedDataset([{"input": "one", "target": "two"}], Formatter(tokenizer, "plain", "{input}"))
+    batch = PadCollator(tokenizer.pad_token_id)([ds[0]])
+    layer = model.get_base_model().get_decoder().layers[-1]
+
+    def fail(mod, args):
+        assert config._attn_implementation == fastloss.FLAT_ATTENTION  # the flat pass is running
+        raise RuntimeError("out of memory")
+    hook = layer.register_forward_pre_hook(fail)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        labelled_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    hook.remove()
+    assert config._attn_implementation == impl
