@@ -1,8 +1,8 @@
 """Peak memory (RSS) of a default tuning run and of the app with the model loaded, bundled model.
 
 1. tuning: `python -m workbench tune --task paraphrase` with the task's defaults (steps cut to 30:
-   the peak is reached in the first steps and evaluations), in its own process; its peak RSS from
-   the kernel (wait4 rusage). Target: <= 2.5 GiB.
+   the peak is reached in the first steps and evaluations), in its own process; its peak RSS (the
+   process's own VmHWM, see `measured`). Target: <= 2.5 GiB.
 2. app: the Compare page (base model, generator, a comparison of the soft prompt, hard prompts
    and the bare model on 8 test inputs) and the Explore page (vocabulary map and index) rendered
    one after the other in one process with Streamlit's AppTest, as the server process would hold
