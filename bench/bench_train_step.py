@@ -93,7 +93,9 @@ def main() -> dict:
            "peft_forward_s": t["peft_forward"], "step_over_peft_forward": our_step / t["peft_forward"],
            "bf16_step_s": bf16_step, "bf16_step_over_forward": bf16_step / fwd, "bf16_forward_s": bf16_fwd,
            "bf16_step_over_bf16_forward": bf16_step / bf16_fwd}
-    out.update(loop_overhead(lm))
+    loops = sorted((loop_overhead(lm) for _ in range(3)), key=lambda r: r["trainer_over_bare"])
+    out.update(loops[1])  # the median of three: one busy moment of the machine moves a single pair by ~4%
+    out["trainer_over_bare_runs"] = [round(r["trainer_over_bare"], 3) for r in loops]
     return out
 
 
@@ -153,7 +155,7 @@ if __name__ == "__main__":
     print(f"bf16 labelled-loss step  {res['bf16_step_s']:.3f} s  = {res['bf16_step_over_forward']:.2f}x the fp32 forward, "
           f"{res['bf16_step_over_bf16_forward']:.2f}x a bf16 forward")
     print(f"Trainer loop / bare loop {res['trainer_step_s']:.3f} / {res['bare_step_s']:.3f} s = "
-          f"{res['trainer_over_bare']:.3f}x (target <= 1.05x)")
+          f"{res['trainer_over_bare']:.3f}x (target <= 1.05x; median of {res['trainer_over_bare_runs']})")
     Path("bench-results").mkdir(exist_ok=True)
     Path("bench-results/train_step.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res))
