@@ -38,8 +38,8 @@ def _flat_attention(module, query, key, value, attention_mask, scaling=None, dro
     keys/values (1, Hkv, N+B*T, d)); `attention_mask` is the rows' (B, 1, T, N+T) boolean mask."""
     B, _, T, NT = attention_mask.shape
     N, (H, d), Hkv = NT - T, query.shape[1::2], key.shape[1]
-    gqa = dict(scale=scaling, dropout_p=dropout, enable_gqa=H != Hkv)
-    virt = F.scaled_dot_product_attention(query[:, :, :N], key[:, :, :N], value[:, :, :N], is_causal=True, **gqa)
+    opts = dict(scale=scaling, dropout_p=dropout, enable_gqa=H != Hkv)
+    virt = F.scaled_dot_product_attention(query[:, :, :N], key[:, :, :N], value[:, :, :N], is_causal=True, **opts)
 
     def rows(x):  # (1, h, N+B*T, d) -> (B, h, T, d)
         return x[0, :, N:].unflatten(1, (B, T)).transpose(0, 1)
@@ -48,7 +48,7 @@ def _flat_attention(module, query, key, value, attention_mask, scaling=None, dro
         return torch.cat([x[:, :, :N].expand(B, -1, -1, -1), rows(x)], dim=2)
 
     text = F.scaled_dot_product_attention(rows(query), with_prompt(key), with_prompt(value),
-                                          attn_mask=attention_mask, **gqa)  # (B, H, T, d)
+                                          attn_mask=attention_mask, **opts)  # (B, H, T, d)
     return torch.cat([virt[0].transpose(0, 1), text.transpose(1, 2).flatten(0, 1)])[None], None  # (1, N+B*T, H, d)
 
 
@@ -61,8 +61,14 @@ def _can_flatten(base) -> bool:
             and getattr(cfg, "sliding_window", None) is None)
 
 
-def _flat_hidden(base, prompt: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Last hidden states (B, T, D) of the text rows after the soft prompt (1, N, D), one flat pass."""
+def _soft_prompt(peft_model) -> torch.Tensor:
+    """The virtual tokens' input embeddings for one row, (1, N, D)."""
+    return peft_model.get_prompt(batch_size=1).to(peft_model.get_base_model().dtype)
+
+
+def _flat_hidden(base, prompt: torch.Tensor, input_ids: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Last hidden states (B, T, D) of the text rows after the soft prompt (1, N, D), one flat pass;
+    `keys` (B, N+T) marks the positions a row may attend to (prompt and its unpadded tokens)."""
     decoder = base.get_decoder()
     (B, T), N = input_ids.shape, prompt.shape[1]
     embeds = decoder.embed_tokens(input_ids)  # (B, T, D)
@@ -70,8 +76,7 @@ def _flat_hidden(base, prompt: torch.Tensor, input_ids: torch.Tensor, attention_
     dev = input_ids.device
     positions = torch.cat([torch.arange(N, device=dev), torch.arange(N, N + T, device=dev).repeat(B)])[None]
     causal = torch.ones(T, N + T, dtype=torch.bool, device=dev).tril(N)  # row token t sees the prompt and tokens <= t
-    keys = torch.cat([torch.ones(B, N, dtype=torch.bool, device=dev), attention_mask.bool()], dim=1)  # (B, N+T)
-    mask = (causal[None] & keys[:, None])[:, None]  # (B, 1, T, N+T): a 4D mask reaches the attention as it is
+    mask = (causal[None] & keys.bool()[:, None])[:, None]  # (B, 1, T, N+T): a 4D mask reaches the attention as it is
     cfg, impl = base.config, base.config._attn_implementation
     cfg._attn_implementation = FLAT_ATTENTION
     try:
@@ -83,34 +88,30 @@ def _flat_hidden(base, prompt: torch.Tensor, input_ids: torch.Tensor, attention_
 
 def shared_prompt_cache(peft_model, batch_size: int):
     """The soft prompt as a key/value cache computed for one row and broadcast to `batch_size`
-    rows (views, no copies), plus its length in positions."""
-    cfg = peft_model.active_peft_config
-    base = peft_model.get_base_model()
-    if cfg.peft_type.value == "PREFIX_TUNING":
+    rows (views, no copies)."""
+    if peft_model.active_peft_config.peft_type.value == "PREFIX_TUNING":
         cache = peft_model.get_prompt(1)  # per layer (1, H, N, d)
     else:
-        prompt = peft_model.get_prompt(batch_size=1).to(base.dtype)  # (1, N, D)
-        cache = base.get_decoder()(inputs_embeds=prompt, use_cache=True).past_key_values
+        cache = peft_model.get_base_model().get_decoder()(inputs_embeds=_soft_prompt(peft_model),
+                                                          use_cache=True).past_key_values
     for layer in cache.layers:
         layer.keys = layer.keys.expand(batch_size, -1, -1, -1)  # (B, H, N, d)
         layer.values = layer.values.expand(batch_size, -1, -1, -1)
-    return cache, cfg.num_virtual_tokens
+    return cache
 
 
 def labelled_loss(peft_model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over labelled tokens; inputs (B, T) right-padded as in training."""
-    base = peft_model.get_base_model()
-    B = input_ids.shape[0]
-    if peft_model.active_peft_config.peft_type.value != "PREFIX_TUNING" and _can_flatten(base):
-        prompt = peft_model.get_prompt(batch_size=1).to(base.dtype)  # (1, N, D)
-        hidden = _flat_hidden(base, prompt, input_ids, attention_mask)
+    base, cfg = peft_model.get_base_model(), peft_model.active_peft_config
+    B, N = input_ids.shape[0], cfg.num_virtual_tokens
+    mask = torch.cat([torch.ones(B, N, dtype=attention_mask.dtype, device=attention_mask.device),
+                      attention_mask], dim=1)  # (B, N+T): the prompt, then each row's own tokens
+    if cfg.peft_type.value != "PREFIX_TUNING" and _can_flatten(base):
+        hidden = _flat_hidden(base, _soft_prompt(peft_model), input_ids, mask)
     else:
-        cache, N = shared_prompt_cache(peft_model, B)
-        mask = torch.cat([torch.ones(B, N, dtype=attention_mask.dtype, device=attention_mask.device),
-                          attention_mask], dim=1)  # (B, N+T)
-        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=mask, past_key_values=cache,
-                                    use_cache=True).last_hidden_state  # (B, T, D) at positions N..N+T-1
+        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=mask, past_key_values=shared_prompt_cache(
+            peft_model, B), use_cache=True).last_hidden_state  # (B, T, D) at positions N..N+T-1
     # position t predicts token t+1: keep the positions whose next token carries a label
     targets = labels[:, 1:]  # (B, T-1)
     keep = targets != IGNORE  # (B, T-1)
