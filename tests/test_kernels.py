@@ -61,3 +61,30 @@ def test_loaded_model_uses_it_and_gives_the_stock_logits(tiny_model_dir, tokeniz
         ours, ref = lm.model(input_ids=ids).logits, stock(input_ids=ids).logits
     assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-5)
     assert set(lm.model.state_dict()) == set(stock.state_dict())  # saves and loads as before
+
+
+def test_loaded_model_has_its_shared_input_weights_joined_without_copies(tiny_model_dir):
+    lm = load_model(tiny_model_dir)
+    stock = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    for layer, ref in zip(lm.model.model.layers, stock.model.layers):
+        at, mlp = layer.self_attn, layer.mlp
+        qkv = kernels.joined_weight(at.q_proj, at.k_proj, at.v_proj)
+        gate_up = kernels.joined_weight(mlp.gate_proj, mlp.up_proj)
+        assert qkv is not None and gate_up is not None
+        assert torch.equal(qkv, torch.cat([ref.self_attn.q_proj.weight, ref.self_attn.k_proj.weight,
+                                           ref.self_attn.v_proj.weight]))
+        assert mlp.up_proj.weight.data_ptr() == gate_up[mlp.gate_proj.weight.shape[0]:].data_ptr()  # a view
+        assert not mlp.up_proj.weight.requires_grad
+    mlp = lm.model.model.layers[0].mlp
+    mlp.up_proj.weight = torch.nn.Parameter(mlp.up_proj.weight.clone())  # no longer part of the buffer
+    assert kernels.joined_weight(mlp.gate_proj, mlp.up_proj) is None
+
+
+@pytest.mark.parametrize("onednn", ["1", "0"])
+def test_frozen_matmul_with_a_fused_sum_and_a_transposed_weight(onednn, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_ONEDNN", onednn)
+    torch.manual_seed(0)
+    x, w, add = torch.randn(5, 12), torch.randn(8, 12), torch.randn(5, 8)
+    assert torch.allclose(kernels.frozen_matmul(x, w, add=add), x @ w.T + add, rtol=1e-5, atol=1e-5)
+    g = torch.randn(5, 8)
+    assert torch.allclose(kernels.frozen_matmul(g, w.t()), g @ w, rtol=1e-5, atol=1e-5)  # an input gradient
