@@ -1,0 +1,301 @@
+"""Fused float32 CPU kernels for the elementwise parts of a llama decoder layer, with PyTorch fallbacks.
+
+The hand-written training pass (core/flatstack.py) spends most of its time in the frozen matmuls;
+what is left is memory-bound elementwise work: RMSNorm, rotary embeddings and SwiGLU, forward and
+backward. PyTorch runs each of them as several ops, one pass over memory each (rotary alone is a
+slice, a negation, a concatenation, two products and a sum). Here each is one loop over the rows,
+written in C and compiled with the machine's C compiler on first use (about 0.3 s, cached under
+the model cache by source, compiler and CPU). Measured on 660 x 576 / 660 x 1536 tensors:
+RMSNorm 0.026 vs 0.09 ms, rotary 0.023 vs 1.3 ms, SwiGLU backward 0.20 vs 0.41 ms
+(`bench/bench_kernels.py`).
+
+Every function has a PyTorch fallback computing the same formula, used when no compiler is
+found, when the build or the probe against the fallback fails, or with `WORKBENCH_FUSED=0`.
+The loops use the OpenMP runtime PyTorch has already loaded, so they share its threads.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import torch
+import torch.nn.functional as F
+
+from core.paths import model_cache_dir
+
+log = logging.getLogger(__name__)
+
+_SOURCE = r"""
+#include <math.h>
+#include <stdint.h>
+
+/* x = w * (h * r), r = 1 / sqrt(mean(h^2) + eps), per row of D */
+void rms_fwd(const float *h, const float *w, float *x, float *r, int64_t L, int64_t D, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < L; i++) {
+        const float *hi = h + i * D; float *xi = x + i * D; float s = 0.f;
+#pragma omp simd reduction(+:s)
+        for (int64_t j = 0; j < D; j++) s += hi[j] * hi[j];
+        float rr = 1.f / sqrtf(s / (float)D + eps);
+        r[i] = rr;
+#pragma omp simd
+        for (int64_t j = 0; j < D; j++) xi[j] = w[j] * (hi[j] * rr);
+    }
+}
+
+/* dh = dres + (d/dh of w * (h * r)) applied to dy */
+void rms_bwd(const float *dy, const float *h, const float *r, const float *w, const float *dres, float *dh,
+             int64_t L, int64_t D) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < L; i++) {
+        const float *dyi = dy + i * D, *hi = h + i * D, *di = dres + i * D; float *o = dh + i * D;
+        float rr = r[i], c = 0.f;
+#pragma omp simd reduction(+:c)
+        for (int64_t j = 0; j < D; j++) c += dyi[j] * w[j] * hi[j];
+        c *= rr * rr * rr / (float)D;
+#pragma omp simd
+        for (int64_t j = 0; j < D; j++) o[j] = di[j] + rr * dyi[j] * w[j] - c * hi[j];
+    }
+}
+
+/* rotary over (L, H, d) with row/head strides; y = x * cos + rotate_half(x) * sin (back = 0), or its
+   transpose, the backward (back = 1); y may be x */
+void rope(const float *x, int64_t ls, int64_t hs, float *y, int64_t yls, int64_t yhs,
+          const float *cs, const float *sn, int64_t L, int64_t H, int64_t d, int back) {
+    int64_t m = d / 2;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < L; i++) {
+        const float *c = cs + i * d, *s = sn + i * d;
+        for (int64_t k = 0; k < H; k++) {
+            const float *a = x + i * ls + k * hs; float *b = y + i * yls + k * yhs;
+            if (back) {
+#pragma omp simd
+                for (int64_t j = 0; j < m; j++) {
+                    float lo = a[j], hi = a[j + m];
+                    b[j] = lo * c[j] + hi * s[j + m]; b[j + m] = hi * c[j + m] - lo * s[j];
+                }
+            } else {
+#pragma omp simd
+                for (int64_t j = 0; j < m; j++) {
+                    float lo = a[j], hi = a[j + m];
+                    b[j] = lo * c[j] - hi * s[j]; b[j + m] = hi * c[j + m] + lo * s[j + m];
+                }
+            }
+        }
+    }
+}
+
+/* a = silu(g) * u over (L, F) rows */
+void swiglu_fwd(const float *g, const float *u, float *a, int64_t L, int64_t F) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < L; i++) {
+        const float *gi = g + i * F, *ui = u + i * F; float *ai = a + i * F;
+#pragma omp simd
+        for (int64_t j = 0; j < F; j++) { float v = gi[j]; ai[j] = v / (1.f + expf(-v)) * ui[j]; }
+    }
+}
+
+/* dg and du rows of stride ds (side by side in one buffer) */
+void swiglu_bwd(const float *da, const float *g, const float *u, float *dg, float *du, int64_t ds, int64_t L, int64_t F) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < L; i++) {
+        const float *dai = da + i * F, *gi = g + i * F, *ui = u + i * F; float *dgi = dg + i * ds, *dui = du + i * ds;
+#pragma omp simd
+        for (int64_t j = 0; j < F; j++) {
+            float v = gi[j], sg = 1.f / (1.f + expf(-v)), t = dai[j];
+            dui[j] = t * v * sg;
+            dgi[j] = t * ui[j] * sg * (1.f + v * (1.f - sg));
+        }
+    }
+}
+"""
+# -ffast-math (for the vectorised expf of glibc's libmvec) only when compiling: linked in, it would
+# switch the whole process to flush-to-zero
+_CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
+_LDFLAGS = ["-shared", "-fopenmp", "-lmvec", "-lm"]
+
+_P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+_SIGNATURES = {"rms_fwd": [_P, _P, _P, _P, _I, _I, _F], "rms_bwd": [_P] * 6 + [_I, _I],
+               "rope": [_P, _I, _I, _P, _I, _I, _P, _P, _I, _I, _I, ctypes.c_int],
+               "swiglu_fwd": [_P, _P, _P, _I, _I], "swiglu_bwd": [_P] * 5 + [_I, _I, _I]}
+
+
+def _build(cc: str) -> ctypes.CDLL:
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    cpu = platform.processor() + open("/proc/cpuinfo").read().split("flags", 1)[-1].split("\n", 1)[0] \
+        if os.path.exists("/proc/cpuinfo") else platform.processor()
+    key = hashlib.sha256("\0".join([_SOURCE, *_CFLAGS, *_LDFLAGS, version, cpu]).encode()).hexdigest()[:16]
+    out = model_cache_dir() / "kernels" / f"fused-{key}.so"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            src, obj, lib = (os.path.join(tmp, n) for n in ("fused.c", "fused.o", "fused.so"))
+            with open(src, "w") as f:
+                f.write(_SOURCE)
+            for cmd in ([cc, *_CFLAGS, "-c", src, "-o", obj], [cc, obj, "-o", lib, *_LDFLAGS]):
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+                if done.returncode:
+                    raise OSError(f"{' '.join(cmd[:2])}... failed: {done.stderr.strip()[:500]}")
+            os.replace(lib, out)  # atomic: a second process never loads a half-written file
+    lib = ctypes.CDLL(str(out))
+    for name, args in _SIGNATURES.items():
+        getattr(lib, name).argtypes = args
+        getattr(lib, name).restype = None
+    return lib
+
+
+@functools.cache
+def _lib() -> ctypes.CDLL | None:
+    if os.environ.get("WORKBENCH_FUSED", "1") == "0":
+        return None
+    cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+    if cc is None:
+        log.info("no C compiler found: fused kernels off, PyTorch ops instead")
+        return None
+    try:
+        lib = _build(cc)
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("fused kernels could not be built (%s): PyTorch ops instead", e)
+        return None
+    if not _probe(lib):
+        log.warning("fused kernels disagree with PyTorch on a probe: PyTorch ops instead")
+        return None
+    return lib
+
+
+_NONE = object()
+_forced: object = None  # while probing: the library to use, or _NONE for the PyTorch formulas
+
+
+def _get() -> ctypes.CDLL | None:
+    if _forced is not None:
+        return None if _forced is _NONE else _forced
+    return _lib()
+
+
+def available() -> bool:
+    """The C kernels are built, loaded and agree with the PyTorch formulas."""
+    return _get() is not None
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def _ok(*ts: torch.Tensor) -> bool:
+    return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in ts)
+
+
+def rms_norm(h: torch.Tensor, w: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w * h * r, r) with r = rsqrt(mean(h^2) + eps) per row; h (L, D)."""
+    lib = _get()
+    if lib is None or not _ok(h, w):
+        r = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+        return w * (h * r), r
+    h, w = h.contiguous(), w.contiguous()
+    x, r = torch.empty_like(h), h.new_empty(h.shape[0], 1)
+    lib.rms_fwd(_ptr(h), _ptr(w), _ptr(x), _ptr(r), h.shape[0], h.shape[1], eps)
+    return x, r
+
+
+def rms_norm_backward(dy: torch.Tensor, h: torch.Tensor, r: torch.Tensor, w: torch.Tensor,
+                      dres: torch.Tensor) -> torch.Tensor:
+    """dres + the gradient of w * (h * r) at h for the output gradient dy."""
+    lib = _get()
+    if lib is None or not _ok(dy, h, r, w, dres):
+        dxh = dy * w
+        return dres + r * dxh - h * (r.pow(3) * (dxh * h).mean(-1, keepdim=True))
+    dy, h, w, dres = dy.contiguous(), h.contiguous(), w.contiguous(), dres.contiguous()
+    dh = torch.empty_like(h)
+    lib.rms_bwd(_ptr(dy), _ptr(h), _ptr(r.contiguous()), _ptr(w), _ptr(dres), _ptr(dh), h.shape[0], h.shape[1])
+    return dh
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    m = x.shape[-1] // 2
+    return torch.cat((-x[..., m:], x[..., :m]), -1)
+
+
+def _rotate_half_t(x: torch.Tensor) -> torch.Tensor:  # the transpose of _rotate_half
+    m = x.shape[-1] // 2
+    return torch.cat((x[..., m:], -x[..., :m]), -1)
+
+
+def _rope_ok(x: torch.Tensor, cos: torch.Tensor) -> bool:
+    return _ok(x, cos) and x.stride(-1) == 1 and cos.is_contiguous() and x.shape[-1] % 2 == 0
+
+
+def rotary_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, in place; x (L, heads, d), cos and sin (L, d)."""
+    lib = _get()
+    if lib is None or not _rope_ok(x, cos) or not sin.is_contiguous():
+        return x.copy_(x * cos[:, None] + _rotate_half(x) * sin[:, None])
+    lib.rope(_ptr(x), x.stride(0), x.stride(1), _ptr(x), x.stride(0), x.stride(1), _ptr(cos), _ptr(sin),
+             *x.shape, 0)
+    return x
+
+
+def rotary_backward(dy: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The gradient at x of rotary_ given the output gradient dy (L, heads, d, any row/head strides);
+    returns a contiguous (L, heads, d)."""
+    lib = _get()
+    if lib is None or not _rope_ok(dy, cos) or not sin.is_contiguous():
+        return (dy * cos[:, None] + _rotate_half_t(dy * sin[:, None])).contiguous()
+    dx = dy.new_empty(dy.shape)
+    lib.rope(_ptr(dy), dy.stride(0), dy.stride(1), _ptr(dx), dx.stride(0), dx.stride(1), _ptr(cos), _ptr(sin),
+             *dy.shape, 1)
+    return dx
+
+
+def swiglu(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """silu(g) * u."""
+    lib = _get()
+    if lib is None or not _ok(g, u):
+        return F.silu(g) * u
+    g, u = g.contiguous(), u.contiguous()
+    a = torch.empty_like(g)
+    lib.swiglu_fwd(_ptr(g), _ptr(u), _ptr(a), g.shape[0], g.shape[1])
+    return a
+
+
+def swiglu_backward(da: torch.Tensor, g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The gradients at g and u of silu(g) * u given the output gradient da (L, F), side by side
+    in one (L, 2F) tensor."""
+    lib = _get()
+    if lib is None or not _ok(da, g, u):
+        return torch.cat([torch.ops.aten.silu_backward(da * u, g), da * F.silu(g)], -1)
+    da, g, u = da.contiguous(), g.contiguous(), u.contiguous()
+    L, F_ = g.shape
+    dgu = g.new_empty(L, 2 * F_)
+    lib.swiglu_bwd(_ptr(da), _ptr(g), _ptr(u), _ptr(dgu), _ptr(dgu) + 4 * F_, 2 * F_, L, F_)
+    return dgu
+
+
+def _probe(lib: ctypes.CDLL) -> bool:
+    """Each kernel against its PyTorch formula on a small random input."""
+    global _forced
+    gen = torch.Generator().manual_seed(0)
+    h, dy, dres = (torch.randn(5, 24, generator=gen) for _ in range(3))
+    w = torch.randn(24, generator=gen)
+    cos, sin, q = torch.randn(5, 8, generator=gen), torch.randn(5, 8, generator=gen), torch.randn(5, 3, 8, generator=gen)
+    g, u, da = (torch.randn(5, 40, generator=gen) for _ in range(3))
+
+    def run_all(which) -> list[torch.Tensor]:
+        global _forced
+        _forced = which
+        x, r = rms_norm(h, w, 1e-5)
+        return [x, r, rms_norm_backward(dy, h, r, w, dres), rotary_(q.clone(), cos, sin),
+                rotary_backward(q.transpose(0, 1).contiguous().transpose(0, 1), cos, sin), swiglu(g, u),
+                swiglu_backward(da, g, u)]
+    try:
+        fused, ref = run_all(lib), run_all(_NONE)
+    finally:
+        _forced = None
+    return all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(fused, ref))
