@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
+from core import flatstack
 from core.formatting import IGNORE
 from core.kernels import frozen_matmul
 
@@ -66,24 +67,29 @@ def _soft_prompt(peft_model) -> torch.Tensor:
     return peft_model.get_prompt(batch_size=1).to(peft_model.get_base_model().dtype)
 
 
-def _flat_hidden(base, prompt: torch.Tensor, input_ids: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Last hidden states (B, T, D) of the text rows after the soft prompt (1, N, D), one flat pass;
-    `keys` (B, N+T) marks the positions a row may attend to (prompt and its unpadded tokens)."""
+def _flat_hidden(base, prompt: torch.Tensor, input_ids: torch.Tensor, keys: torch.Tensor,
+                 keep: torch.Tensor) -> torch.Tensor:
+    """Last hidden states of the text rows after the soft prompt (1, N, D) at the positions `keep`
+    (B, T-1) marks, (M, D) in row order, from one flat pass; `keys` (B, N+T) marks the positions a
+    row may attend to (prompt and its unpadded tokens)."""
     decoder = base.get_decoder()
     (B, T), N = input_ids.shape, prompt.shape[1]
-    embeds = decoder.embed_tokens(input_ids)  # (B, T, D)
-    flat = torch.cat([prompt[0], embeds.flatten(0, 1)])[None]  # (1, N+B*T, D)
+    embeds = decoder.embed_tokens(input_ids).flatten(0, 1)  # (B*T, D)
     dev = input_ids.device
     positions = torch.cat([torch.arange(N, device=dev), torch.arange(N, N + T, device=dev).repeat(B)])[None]
     causal = torch.ones(T, N + T, dtype=torch.bool, device=dev).tril(N)  # row token t sees the prompt and tokens <= t
     mask = (causal[None] & keys.bool()[:, None])[:, None]  # (B, 1, T, N+T): a 4D mask reaches the attention as it is
+    if flatstack.supported(base) and keep.any():  # the layers' forward and backward written out, same results
+        rows = torch.nn.functional.pad(keep, (0, 1)).flatten().nonzero()[:, 0]  # (M,) indices into the B*T text rows
+        return flatstack.decoder_stack(base, prompt[0], embeds, positions, mask, rows)
     cfg, impl = base.config, base.config._attn_implementation
     cfg._attn_implementation = FLAT_ATTENTION
     try:
-        hidden = decoder(inputs_embeds=flat, attention_mask=mask, position_ids=positions, use_cache=False)
+        hidden = decoder(inputs_embeds=torch.cat([prompt[0], embeds])[None], attention_mask=mask,
+                         position_ids=positions, use_cache=False)
     finally:
         cfg._attn_implementation = impl
-    return hidden.last_hidden_state[0, N:].unflatten(0, (B, T))
+    return hidden.last_hidden_state[0, N:].unflatten(0, (B, T))[:, :-1][keep]
 
 
 def shared_prompt_cache(peft_model, batch_size: int):
@@ -107,16 +113,16 @@ def labelled_loss(peft_model, input_ids: torch.Tensor, attention_mask: torch.Ten
     B, N = input_ids.shape[0], cfg.num_virtual_tokens
     mask = torch.cat([torch.ones(B, N, dtype=attention_mask.dtype, device=attention_mask.device),
                       attention_mask], dim=1)  # (B, N+T): the prompt, then each row's own tokens
-    if cfg.peft_type.value != "PREFIX_TUNING" and _can_flatten(base):
-        hidden = _flat_hidden(base, _soft_prompt(peft_model), input_ids, mask)
-    else:
-        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=mask, past_key_values=shared_prompt_cache(
-            peft_model, B), use_cache=True).last_hidden_state  # (B, T, D) at positions N..N+T-1
     # position t predicts token t+1: keep the positions whose next token carries a label
     targets = labels[:, 1:]  # (B, T-1)
     keep = targets != IGNORE  # (B, T-1)
+    if cfg.peft_type.value != "PREFIX_TUNING" and _can_flatten(base):
+        picked = _flat_hidden(base, _soft_prompt(peft_model), input_ids, mask, keep)  # (M, D), M labelled tokens
+    else:
+        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=mask, past_key_values=shared_prompt_cache(
+            peft_model, B), use_cache=True).last_hidden_state  # (B, T, D) at positions N..N+T-1
+        picked = hidden[:, :-1][keep]  # (M, D)
     head = base.get_output_embeddings()
-    picked = hidden[:, :-1][keep]  # (M, D) with M = number of labelled tokens
     if head.bias is not None or torch.is_autocast_enabled(picked.device.type) or not len(picked):
         return F.cross_entropy(head(picked).float(), targets[keep])
     return _HeadCrossEntropy.apply(picked, head.weight, targets[keep])

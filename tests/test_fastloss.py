@@ -3,27 +3,44 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from core.config import TuneConfig
-from core import fastloss
+from core import fastloss, flatstack, fused
 from core.fastloss import labelled_loss
+from core.kernels import join_weights
 from core.formatting import EncodedDataset, Formatter, PadCollator
 from core.methods import build_peft_model
 
 
-@pytest.fixture(params=["flat", "broadcast past"])
+LAYOUTS = ["stack", "stack, PyTorch ops, separate weights", "flat", "broadcast past"]
+
+
+@pytest.fixture(params=LAYOUTS)
 def layout(request, monkeypatch):
-    """Both ways of running the virtual tokens once: the flat sequence (llama family) and the
-    broadcast key/value past (every other model)."""
+    """Every way of running the virtual tokens once: the flat sequence through the written-out
+    decoder stack (llama family, float32 on the CPU; with the fused C kernels and joined weights,
+    or with the PyTorch formulas and one matmul per layer), the flat sequence through the
+    transformers layers, and the broadcast key/value past (every other model)."""
+    if request.param == "stack, PyTorch ops, separate weights":
+        monkeypatch.setattr(fused, "_forced", fused._NONE)
+    if request.param == "flat":
+        monkeypatch.setattr(flatstack, "supported", lambda base: False)
     if request.param == "broadcast past":
         monkeypatch.setattr(fastloss, "_FLAT_MODELS", set())
     return request.param
+
+
+def peft_model(model_dir, tokenizer, layout, **kw):
+    model = build_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), tokenizer,
+                             TuneConfig(num_virtual_tokens=3, encoder_hidden_size=8, **kw), model_dir)
+    if layout == "stack":
+        assert join_weights(model.get_base_model()) == 4  # q/k/v and gate/up in each of the 2 layers
+    return model
 
 
 @pytest.mark.parametrize("kw", [dict(method="prompt-tuning"), dict(method="p-tuning", encoder_type="lstm"),
                                 dict(method="prefix-tuning"), dict(method="prefix-tuning", prefix_projection=True)])
 def test_loss_and_gradients_equal_pefts(tiny_model_dir, tokenizer, kw, layout):
     torch.manual_seed(0)
-    cfg = TuneConfig(num_virtual_tokens=3, encoder_hidden_size=8, **kw)
-    model = build_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, cfg, tiny_model_dir)
+    model = peft_model(tiny_model_dir, tokenizer, layout, **kw)
     fmt = Formatter(tokenizer, "chat", "Q: {input}")
     rows = [{"input": "short", "target": "a"}, {"input": "a much longer input here", "target": "two words"}]
     ds = EncodedDataset(rows, fmt)
@@ -39,24 +56,44 @@ def test_loss_and_gradients_equal_pefts(tiny_model_dir, tokenizer, kw, layout):
 
 
 @pytest.mark.parametrize("method", ["prompt-tuning", "p-tuning"])
-def test_virtual_tokens_run_once_per_batch_not_once_per_row(tiny_model_dir, tokenizer, method, layout):
-    """The first decoder layer sees the virtual tokens once: in front of the flattened text rows,
-    or as a row of their own before the text rows."""
-    cfg = TuneConfig(num_virtual_tokens=3, encoder_hidden_size=8, method=method)
-    model = build_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, cfg, tiny_model_dir)
+def test_virtual_tokens_run_once_per_batch_not_once_per_row(tiny_model_dir, tokenizer, method, layout, monkeypatch):
+    """The decoder sees the virtual tokens once: in front of the flattened text rows, or as a row
+    of their own before the text rows."""
+    model = peft_model(tiny_model_dir, tokenizer, layout, method=method)
     fmt = Formatter(tokenizer, "plain", "{input}")
     rows = [{"input": f"input number {i}", "target": "yes"} for i in range(4)]
     batch = PadCollator(tokenizer.pad_token_id)([EncodedDataset(rows, fmt)[i] for i in range(4)])
     seen = []
-    layer = model.get_base_model().get_decoder().layers[0]
-    hook = layer.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape[:2])))
+    if layout.startswith("stack"):  # the transformers layers are not called: look at what the stack gets
+        stack = flatstack.decoder_stack
+        monkeypatch.setattr(flatstack, "decoder_stack", lambda base, prompt, text, *a: seen.append(
+            (1, len(prompt) + len(text))) or stack(base, prompt, text, *a))
+    else:
+        layer = model.get_base_model().get_decoder().layers[0]
+        layer.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape[:2])))
     labelled_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"]).backward()
-    hook.remove()
     B, T = batch["input_ids"].shape
-    assert seen == ([(1, 3 + B * T)] if layout == "flat" else [(1, 3), (B, T)])
+    assert seen == ([(1, 3 + B * T)] if layout != "broadcast past" else [(1, 3), (B, T)])
 
 
-def test_flat_layout_gives_the_model_its_attention_back_even_when_the_pass_fails(tiny_model_dir, tokenizer):
+def test_hooks_on_the_layers_still_run(tiny_model_dir, tokenizer):
+    """A forward hook on a decoder layer (activation capture, say) makes the loss go through the
+    transformers layers, so the hook sees every pass."""
+    model = peft_model(tiny_model_dir, tokenizer, "stack")
+    ds = EncodedDataset([{"input": "one", "target": "two"}], Formatter(tokenizer, "plain", "{input}"))
+    batch = PadCollator(tokenizer.pad_token_id)([ds[0]])
+    base = model.get_base_model()
+    assert flatstack.supported(base)
+    seen = []
+    base.get_decoder().layers[1].register_forward_hook(lambda *a: seen.append(1))
+    assert not flatstack.supported(base)
+    labelled_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    assert seen == [1]
+
+
+def test_flat_layout_gives_the_model_its_attention_back_even_when_the_pass_fails(tiny_model_dir, tokenizer,
+                                                                                monkeypatch):
+    monkeypatch.setattr(flatstack, "supported", lambda base: False)  # the transformers layers' flat pass
     model = build_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer,
                              TuneConfig(num_virtual_tokens=3), tiny_model_dir)
     config = model.get_base_model().config
