@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from core import flatstack
+from core import flatstack, fused
 from core.formatting import IGNORE
 from core.kernels import frozen_matmul
 
@@ -135,12 +135,10 @@ class _HeadCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets):
         logits = frozen_matmul(hidden, weight)  # (M, V)
-        lse = logits.logsumexp(-1)  # (M,)
-        loss = (lse - logits.gather(1, targets[:, None])[:, 0]).mean()
-        if ctx.needs_input_grad[0]:
-            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
-            probs[torch.arange(len(targets)), targets] -= 1
-            ctx.save_for_backward(frozen_matmul(probs.div_(len(targets)), weight.t()))  # (M, D)
+        grad = ctx.needs_input_grad[0]
+        loss = fused.cross_entropy_(logits, targets, grad)  # with grad, logits now holds (softmax - onehot) / M
+        if grad:
+            ctx.save_for_backward(frozen_matmul(logits, weight.t()))  # (M, D)
         return loss
 
     @staticmethod

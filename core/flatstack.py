@@ -51,6 +51,15 @@ def supported(base) -> bool:
     return not hooked and not any(p.requires_grad for p in decoder.layers.parameters())
 
 
+def _outputs(x: torch.Tensor, *linears) -> list[torch.Tensor]:
+    """The outputs of linear layers that read the same input x: column blocks of one matmul on their
+    joined weights (core/kernels.join_weights), else one matmul each."""
+    joined = joined_weight(*linears)
+    if joined is None:
+        return [frozen_matmul(x, m.weight) for m in linears]
+    return list(frozen_matmul(x, joined).split([m.weight.shape[0] for m in linears], dim=1))
+
+
 def _input_grad(grads: torch.Tensor, *linears) -> torch.Tensor:
     """The input gradient of linear layers that read the same input, their output gradients side by
     side in `grads`: one matmul on their joined weights (core/kernels.join_weights), else one each."""
@@ -87,19 +96,19 @@ class _Attention:
         """q (L, H, d), k and v (L, Hkv, d) -> output (L, H, d) and what the backward needs."""
         N = q.shape[0] - self.B * self.T
         o_v, l_v = _FWD(_heads(q[:N]), _heads(k[:N]), _heads(v[:N]), 0.0, True, scale=self.scale)
-        o_t, l_t = _FWD(self.rows(q), self.with_prompt(k), self.with_prompt(v), 0.0, False, attn_mask=self.mask,
-                        scale=self.scale)
+        kp, vp = self.with_prompt(k), self.with_prompt(v)
+        o_t, l_t = _FWD(self.rows(q), kp, vp, 0.0, False, attn_mask=self.mask, scale=self.scale)
         out = torch.cat([o_v[0].transpose(0, 1), o_t.transpose(1, 2).flatten(0, 1)])
-        return out, (o_v, l_v, o_t, l_t)
+        return out, (o_v, l_v, kp, vp, o_t, l_t)
 
     def backward(self, dout, q, k, v, state):
         """Gradients at q, k, v given the output gradient dout (L, H, d)."""
-        o_v, l_v, o_t, l_t = state
+        o_v, l_v, kp, vp, o_t, l_t = state
         N = q.shape[0] - self.B * self.T
         dq_v, dk_v, dv_v = _BWD(_heads(dout[:N]), _heads(q[:N]), _heads(k[:N]), _heads(v[:N]), o_v, l_v, 0.0, True,
                                 scale=self.scale)
-        dq_t, dk_t, dv_t = _BWD(self.rows(dout), self.rows(q), self.with_prompt(k), self.with_prompt(v), o_t, l_t,
-                                0.0, False, attn_mask=self.mask, scale=self.scale)
+        dq_t, dk_t, dv_t = _BWD(self.rows(dout), self.rows(q), kp, vp, o_t, l_t, 0.0, False, attn_mask=self.mask,
+                                scale=self.scale)
         dq = torch.cat([dq_v[0].transpose(0, 1), dq_t.transpose(1, 2).flatten(0, 1)])
         # the virtual tokens' keys and values serve every row: their gradients sum over the rows
         dk, dv = (torch.cat([a[0].transpose(0, 1) + b[:, :, :N].sum(0).transpose(0, 1),
@@ -117,15 +126,14 @@ class _Stack(torch.autograd.Function):
             at, mlp, last = layer.self_attn, layer.mlp, i == len(layers) - 1
             d = at.head_dim
             x, r1 = fused.rms_norm(h, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
-            q = fused.rotary_(frozen_matmul(x, at.q_proj.weight).view(L, -1, d), cos, sin)
-            k = fused.rotary_(frozen_matmul(x, at.k_proj.weight).view(L, -1, d), cos, sin)
-            v = frozen_matmul(x, at.v_proj.weight).view(L, -1, d)
+            q, k, v = (y.view(L, -1, d) for y in _outputs(x, at.q_proj, at.k_proj, at.v_proj))
+            q, k = fused.rotary_(q, cos, sin), fused.rotary_(k, cos, sin)
             a, state = attn.forward(q, k, v)
             a, res = (a[picked], h[picked]) if last else (a, h)  # the last layer's output only where it is used
             h1 = frozen_matmul(a.view(a.shape[0], -1), at.o_proj.weight, add=res)  # residual fused into the matmul
             norm = layer.post_attention_layernorm
             x2, r2 = fused.rms_norm(h1, norm.weight, norm.variance_epsilon)
-            g, u = frozen_matmul(x2, mlp.gate_proj.weight), frozen_matmul(x2, mlp.up_proj.weight)
+            g, u = _outputs(x2, mlp.gate_proj, mlp.up_proj)
             saved.append((h, r1, q, k, v, state, h1, r2, g, u))
             h = frozen_matmul(fused.swiglu(g, u), mlp.down_proj.weight, add=h1)
         ctx.layers, ctx.saved, ctx.rotary, ctx.attn, ctx.picked, ctx.N = layers, saved, (cos, sin), attn, picked, N

@@ -92,26 +92,47 @@ void rope(const float *x, int64_t ls, int64_t hs, float *y, int64_t yls, int64_t
     }
 }
 
-/* a = silu(g) * u over (L, F) rows */
-void swiglu_fwd(const float *g, const float *u, float *a, int64_t L, int64_t F) {
+/* a = silu(g) * u over (L, F) rows; g and u rows of stride gs */
+void swiglu_fwd(const float *g, const float *u, int64_t gs, float *a, int64_t L, int64_t F) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < L; i++) {
-        const float *gi = g + i * F, *ui = u + i * F; float *ai = a + i * F;
+        const float *gi = g + i * gs, *ui = u + i * gs; float *ai = a + i * F;
 #pragma omp simd
         for (int64_t j = 0; j < F; j++) { float v = gi[j]; ai[j] = v / (1.f + expf(-v)) * ui[j]; }
     }
 }
 
 /* dg and du rows of stride ds (side by side in one buffer) */
-void swiglu_bwd(const float *da, const float *g, const float *u, float *dg, float *du, int64_t ds, int64_t L, int64_t F) {
+void swiglu_bwd(const float *da, const float *g, const float *u, int64_t gs, float *dg, float *du, int64_t ds,
+                int64_t L, int64_t F) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < L; i++) {
-        const float *dai = da + i * F, *gi = g + i * F, *ui = u + i * F; float *dgi = dg + i * ds, *dui = du + i * ds;
+        const float *dai = da + i * F, *gi = g + i * gs, *ui = u + i * gs; float *dgi = dg + i * ds, *dui = du + i * ds;
 #pragma omp simd
         for (int64_t j = 0; j < F; j++) {
             float v = gi[j], sg = 1.f / (1.f + expf(-v)), t = dai[j];
             dui[j] = t * v * sg;
             dgi[j] = t * ui[j] * sg * (1.f + v * (1.f - sg));
+        }
+    }
+}
+
+/* cross-entropy of each row of logits (M, V) against its target: loss[i] = logsumexp - logit[target];
+   with grad, the row is overwritten by (softmax - onehot) * scale, the loss's gradient at the logits */
+void xent(float *z, const int64_t *t, float *loss, int64_t M, int64_t V, float scale, int grad) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < M; i++) {
+        float *zi = z + i * V, mx = -INFINITY, s = 0.f;
+#pragma omp simd reduction(max:mx)
+        for (int64_t j = 0; j < V; j++) mx = zi[j] > mx ? zi[j] : mx;
+#pragma omp simd reduction(+:s)
+        for (int64_t j = 0; j < V; j++) s += expf(zi[j] - mx);
+        float lse = mx + logf(s);
+        loss[i] = lse - zi[t[i]];
+        if (grad) {
+#pragma omp simd
+            for (int64_t j = 0; j < V; j++) zi[j] = expf(zi[j] - lse) * scale;
+            zi[t[i]] -= scale;
         }
     }
 }
@@ -124,7 +145,8 @@ _LDFLAGS = ["-shared", "-fopenmp", "-lmvec", "-lm"]
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _SIGNATURES = {"rms_fwd": [_P, _P, _P, _P, _I, _I, _F], "rms_bwd": [_P] * 6 + [_I, _I],
                "rope": [_P, _I, _I, _P, _I, _I, _P, _P, _I, _I, _I, ctypes.c_int],
-               "swiglu_fwd": [_P, _P, _P, _I, _I], "swiglu_bwd": [_P] * 5 + [_I, _I, _I]}
+               "swiglu_fwd": [_P, _P, _I, _P, _I, _I], "swiglu_bwd": [_P, _P, _P, _I, _P, _P, _I, _I, _I],
+               "xent": [_P, _P, _P, _I, _I, _F, ctypes.c_int]}
 
 
 def _build(cc: str) -> ctypes.CDLL:
@@ -254,14 +276,22 @@ def rotary_backward(dy: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
     return dx
 
 
+def _rows(g: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """g and u with contiguous rows and the same row stride (the two halves of one matmul output
+    as they are, anything else copied)."""
+    if g.stride(-1) == 1 and u.stride(-1) == 1 and g.stride(0) == u.stride(0) and g.shape == u.shape:
+        return g, u
+    return g.contiguous(), u.contiguous()
+
+
 def swiglu(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """silu(g) * u."""
+    """silu(g) * u, g and u (L, F)."""
     lib = _get()
     if lib is None or not _ok(g, u):
         return F.silu(g) * u
-    g, u = g.contiguous(), u.contiguous()
-    a = torch.empty_like(g)
-    lib.swiglu_fwd(_ptr(g), _ptr(u), _ptr(a), g.shape[0], g.shape[1])
+    g, u = _rows(g, u)
+    a = g.new_empty(g.shape)
+    lib.swiglu_fwd(_ptr(g), _ptr(u), g.stride(0), _ptr(a), g.shape[0], g.shape[1])
     return a
 
 
@@ -271,11 +301,37 @@ def swiglu_backward(da: torch.Tensor, g: torch.Tensor, u: torch.Tensor) -> torch
     lib = _get()
     if lib is None or not _ok(da, g, u):
         return torch.cat([torch.ops.aten.silu_backward(da * u, g), da * F.silu(g)], -1)
-    da, g, u = da.contiguous(), g.contiguous(), u.contiguous()
+    (g, u), da = _rows(g, u), da.contiguous()
     L, F_ = g.shape
     dgu = g.new_empty(L, 2 * F_)
-    lib.swiglu_bwd(_ptr(da), _ptr(g), _ptr(u), _ptr(dgu), _ptr(dgu) + 4 * F_, 2 * F_, L, F_)
+    lib.swiglu_bwd(_ptr(da), _ptr(g), _ptr(u), g.stride(0), _ptr(dgu), _ptr(dgu) + 4 * F_, 2 * F_, L, F_)
     return dgu
+
+
+def cross_entropy_(logits: torch.Tensor, targets: torch.Tensor, grad: bool) -> torch.Tensor:
+    """Mean cross-entropy of the rows of logits (M, V) against targets (M,); with `grad`, logits is
+    overwritten by the loss's gradient at the logits, (softmax - onehot) / M."""
+    lib, M = _get(), len(targets)
+    if lib is None or not _ok(logits) or not logits.is_contiguous() or targets.dtype != torch.int64:
+        lse = logits.logsumexp(-1)  # (M,)
+        loss = (lse - logits.gather(1, targets[:, None])[:, 0]).mean()
+        if grad:
+            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            probs[torch.arange(M), targets] -= 1
+            probs.div_(M)
+        return loss
+    if len(targets) and not (0 <= int(targets.min()) and int(targets.max()) < logits.shape[1]):
+        raise IndexError(f"target ids must lie in [0, {logits.shape[1]}), got {targets.min()}..{targets.max()}")
+    loss = logits.new_empty(M)
+    targets = targets.contiguous()
+    lib.xent(_ptr(logits), _ptr(targets), _ptr(loss), M, logits.shape[1], 1.0 / max(M, 1), int(grad))
+    return loss.mean()
+
+
+def _after(fn, z, t) -> torch.Tensor:  # the gradient cross_entropy_ leaves in its logits
+    z = z.clone()
+    fn(z, t, True)
+    return z
 
 
 def _probe(lib: ctypes.CDLL) -> bool:
@@ -286,6 +342,7 @@ def _probe(lib: ctypes.CDLL) -> bool:
     w = torch.randn(24, generator=gen)
     cos, sin, q = torch.randn(5, 8, generator=gen), torch.randn(5, 8, generator=gen), torch.randn(5, 3, 8, generator=gen)
     g, u, da = (torch.randn(5, 40, generator=gen) for _ in range(3))
+    z, t = torch.randn(4, 50, generator=gen) * 5, torch.tensor([0, 7, 49, 3])
 
     def run_all(which) -> list[torch.Tensor]:
         global _forced
@@ -293,7 +350,7 @@ def _probe(lib: ctypes.CDLL) -> bool:
         x, r = rms_norm(h, w, 1e-5)
         return [x, r, rms_norm_backward(dy, h, r, w, dres), rotary_(q.clone(), cos, sin),
                 rotary_backward(q.transpose(0, 1).contiguous().transpose(0, 1), cos, sin), swiglu(g, u),
-                swiglu_backward(da, g, u)]
+                swiglu_backward(da, g, u), cross_entropy_(z.clone(), t, False), _after(cross_entropy_, z, t)]
     try:
         fused, ref = run_all(lib), run_all(_NONE)
     finally:

@@ -51,9 +51,14 @@ def test_rotary_and_its_backward_match_autograd_on_strided_heads(impl):
     assert torch.allclose(fused.rotary_backward(dy, cos, sin), leaf.grad, rtol=1e-5, atol=1e-5)
 
 
-def test_swiglu_and_its_backward_match_autograd(impl):
+@pytest.mark.parametrize("layout", ["two tensors", "halves of one matmul output"])
+def test_swiglu_and_its_backward_match_autograd(impl, layout):
     torch.manual_seed(0)
-    g, u, da = torch.randn(5, 33) * 4, torch.randn(5, 33), torch.randn(5, 33)
+    if layout == "two tensors":
+        g, u = torch.randn(5, 33) * 4, torch.randn(5, 33)
+    else:
+        g, u = (torch.randn(5, 66) * 4).split(33, dim=1)  # row stride 66
+    da = torch.randn(5, 33)
     gl, ul = g.clone().requires_grad_(True), u.clone().requires_grad_(True)
     ref = F.silu(gl) * ul
     assert torch.allclose(fused.swiglu(g, u), ref, rtol=1e-5, atol=1e-6)
@@ -126,3 +131,23 @@ def test_built_once_then_loaded_from_the_cache(monkeypatch, tmp_path):
         assert list(tmp_path.glob("kernels/fused-*.so")) == [built]
     finally:
         fused._lib.cache_clear()
+
+
+def test_cross_entropy_and_its_gradient_left_in_the_logits_match_autograd(impl):
+    torch.manual_seed(0)
+    z, t = torch.randn(6, 300) * 8, torch.tensor([0, 299, 5, 5, 120, 7])
+    leaf = z.clone().requires_grad_(True)
+    ref = F.cross_entropy(leaf, t)
+    ref.backward()
+    out = z.clone()
+    assert fused.cross_entropy_(out, t, grad=True).item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(out, leaf.grad, rtol=1e-4, atol=1e-7)
+    untouched = z.clone()
+    assert fused.cross_entropy_(untouched, t, grad=False).item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.equal(untouched, z)
+
+
+@needs_c
+def test_cross_entropy_refuses_a_target_outside_the_vocabulary():
+    with pytest.raises(IndexError, match=r"\[0, 10\)"):
+        fused.cross_entropy_(torch.randn(2, 10), torch.tensor([3, 10]), grad=True)
