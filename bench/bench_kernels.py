@@ -3,7 +3,10 @@
 
 Shapes: 8 rows (one decode step of a batch of 8), 160 (a prefill), 640 (a training batch of
 8 x 80 tokens), forward and, for 640, the input-gradient matmul of the backward pass. Also the
-largest difference between the two kernels' outputs. Writes bench-results/kernels.json.
+largest difference between the two kernels' outputs. Then the fused elementwise kernels of the
+training step (core/fused.py) against their PyTorch formulas, at the step's shapes (660 rows: 20
+virtual tokens and 8 x 80 text tokens; 128 labelled rows for the LM head's cross-entropy).
+Writes bench-results/kernels.json.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import timed  # noqa: E402
+from core import fused  # noqa: E402
 from core.kernels import _mm, available  # noqa: E402
 from core.models import load_model  # noqa: E402
 
@@ -39,7 +43,35 @@ def main() -> dict:
         head = layers[-1].weight
         res["max_abs_diff_lm_head"] = float((F.linear(x, head) - _mm(x, head, None)).abs().max())
         res["max_abs_lm_head"] = float(F.linear(x, head).abs().max())
+    res["fused"] = fused_kernels(model.config) if fused.available() else "not built (no C compiler?)"
     return res
+
+
+def fused_kernels(cfg, rows: int = 660, labelled: int = 128) -> dict:
+    """Seconds of each fused kernel and of the PyTorch ops computing the same formula."""
+    torch.manual_seed(0)
+    D, Fd, d, H = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.num_attention_heads
+    h, dy, w = torch.randn(rows, D), torch.randn(rows, D), torch.rand(D) + 0.5
+    g, u = torch.randn(rows, 2 * Fd).split(Fd, dim=1)  # the halves of the joined gate/up matmul
+    da, q = torch.randn(rows, Fd), torch.randn(rows, H, d)
+    cos, sin = torch.randn(rows, d), torch.randn(rows, d)
+    z, t = torch.randn(labelled, cfg.vocab_size), torch.randint(0, cfg.vocab_size, (labelled,))
+    _, r = fused.rms_norm(h, w, 1e-5)
+    cases = {"rms_norm": lambda: fused.rms_norm(h, w, 1e-5),
+             "rms_norm_backward": lambda: fused.rms_norm_backward(dy, h, r, w, dy),
+             "rotary": lambda: fused.rotary_(q, cos, sin), "rotary_backward": lambda: fused.rotary_backward(q, cos, sin),
+             "swiglu": lambda: fused.swiglu(g, u), "swiglu_backward": lambda: fused.swiglu_backward(da, g, u),
+             "cross_entropy_with_grad": lambda: fused.cross_entropy_(z.clone(), t, True)}  # both time the copy
+    out = {}
+    for name, fn in cases.items():
+        c = timed(fn, 30, 3)
+        fused._forced = fused._NONE  # the PyTorch formulas
+        try:
+            ref = timed(fn, 30, 3)
+        finally:
+            fused._forced = None
+        out[name] = {"fused_s": c, "pytorch_s": ref, "speedup": ref / c}
+    return out
 
 
 def _cpu() -> str:
@@ -57,6 +89,9 @@ if __name__ == "__main__":
     for key in ("forward_8_rows", "forward_160_rows", "forward_640_rows", "input_grad_640_rows"):
         v = r[key]
         print(f"{key:22s} MKL {1000 * v['mkl_s']:7.1f} ms  oneDNN {1000 * v['onednn_s']:7.1f} ms  = {v['speedup']:.2f}x")
+    for name, v in (r["fused"].items() if isinstance(r["fused"], dict) else []):
+        print(f"fused {name:22s} {1000 * v['fused_s']:6.3f} ms  PyTorch ops {1000 * v['pytorch_s']:6.3f} ms"
+              f"  = {v['speedup']:.1f}x")
     print(f"LM head outputs: largest difference {r['max_abs_diff_lm_head']:.2e} on values up to {r['max_abs_lm_head']:.1f}")
     Path("bench-results").mkdir(exist_ok=True)
     Path("bench-results/kernels.json").write_text(json.dumps(r, indent=2))

@@ -9,7 +9,7 @@ layer's input, the norms' scales, the rotated queries and keys, the values, the 
 projections, the attention outputs with their log-sum-exps), and the backward pass runs the
 layers in reverse with fused kernels (core/fused.py), the frozen matmuls on oneDNN with the
 residual sums fused into them and the input gradients of q/k/v and of gate/up taken in one
-matmul each (core/kernels.join_weights), and PyTorch's own flash-attention backward. Two more
+matmul each (core/kernels.joined_weight), and PyTorch's own flash-attention backward. Two more
 savings that autograd cannot see: the last layer's attention output projection and MLP run only
 at the positions whose hidden state the loss reads (the labelled ones, a fifth of the tokens in
 the benchmark batch), and the first layer's backward stops at the soft prompt (the text rows'
@@ -19,9 +19,12 @@ Measured on the bundled model (bench/bench_train_step.py, 20 virtual tokens, bat
 rows): 0.83 s per step against 0.91 s for the transformers layers on the same flat layout.
 Same loss and gradients as PEFT's forward (tests/test_fastloss.py runs every layout). Used for
 llama layers in float32 on the CPU without autocast, hooks, gradient checkpointing, biases or
-attention dropout; everything else takes the transformers modules.
+attention dropout, and not with `WORKBENCH_FLATSTACK=0`; everything else takes the transformers
+modules.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
@@ -36,7 +39,7 @@ _BWD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_back
 def supported(base) -> bool:
     """The stack can stand in for the model's own decoder layers in this pass."""
     cfg, decoder = base.config, base.get_decoder()
-    if _FWD is None or _BWD is None or cfg.model_type != "llama" or base.device.type != "cpu":
+    if os.environ.get("WORKBENCH_FLATSTACK", "1") == "0" or _FWD is None or _BWD is None or cfg.model_type != "llama" or base.device.type != "cpu":
         return False
     if base.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or getattr(decoder, "gradient_checkpointing", False):
         return False
@@ -53,7 +56,7 @@ def supported(base) -> bool:
 
 def _outputs(x: torch.Tensor, *linears) -> list[torch.Tensor]:
     """The outputs of linear layers that read the same input x: column blocks of one matmul on their
-    joined weights (core/kernels.join_weights), else one matmul each."""
+    joined weights (core/kernels.joined_weight), else one matmul each."""
     joined = joined_weight(*linears)
     if joined is None:
         return [frozen_matmul(x, m.weight) for m in linears]
@@ -62,7 +65,7 @@ def _outputs(x: torch.Tensor, *linears) -> list[torch.Tensor]:
 
 def _input_grad(grads: torch.Tensor, *linears) -> torch.Tensor:
     """The input gradient of linear layers that read the same input, their output gradients side by
-    side in `grads`: one matmul on their joined weights (core/kernels.join_weights), else one each."""
+    side in `grads`: one matmul on their joined weights (core/kernels.joined_weight), else one each."""
     joined = joined_weight(*linears)
     if joined is not None:
         return frozen_matmul(grads, joined.t())
@@ -96,19 +99,19 @@ class _Attention:
         """q (L, H, d), k and v (L, Hkv, d) -> output (L, H, d) and what the backward needs."""
         N = q.shape[0] - self.B * self.T
         o_v, l_v = _FWD(_heads(q[:N]), _heads(k[:N]), _heads(v[:N]), 0.0, True, scale=self.scale)
-        kp, vp = self.with_prompt(k), self.with_prompt(v)
-        o_t, l_t = _FWD(self.rows(q), kp, vp, 0.0, False, attn_mask=self.mask, scale=self.scale)
+        o_t, l_t = _FWD(self.rows(q), self.with_prompt(k), self.with_prompt(v), 0.0, False, attn_mask=self.mask,
+                        scale=self.scale)
         out = torch.cat([o_v[0].transpose(0, 1), o_t.transpose(1, 2).flatten(0, 1)])
-        return out, (o_v, l_v, kp, vp, o_t, l_t)
+        return out, (o_v, l_v, o_t, l_t)  # the prompt-prefixed keys/values are rebuilt in the backward: 75 MB less
 
     def backward(self, dout, q, k, v, state):
         """Gradients at q, k, v given the output gradient dout (L, H, d)."""
-        o_v, l_v, kp, vp, o_t, l_t = state
+        o_v, l_v, o_t, l_t = state
         N = q.shape[0] - self.B * self.T
         dq_v, dk_v, dv_v = _BWD(_heads(dout[:N]), _heads(q[:N]), _heads(k[:N]), _heads(v[:N]), o_v, l_v, 0.0, True,
                                 scale=self.scale)
-        dq_t, dk_t, dv_t = _BWD(self.rows(dout), self.rows(q), kp, vp, o_t, l_t, 0.0, False, attn_mask=self.mask,
-                                scale=self.scale)
+        dq_t, dk_t, dv_t = _BWD(self.rows(dout), self.rows(q), self.with_prompt(k), self.with_prompt(v), o_t, l_t,
+                                0.0, False, attn_mask=self.mask, scale=self.scale)
         dq = torch.cat([dq_v[0].transpose(0, 1), dq_t.transpose(1, 2).flatten(0, 1)])
         # the virtual tokens' keys and values serve every row: their gradients sum over the rows
         dk, dv = (torch.cat([a[0].transpose(0, 1) + b[:, :, :N].sum(0).transpose(0, 1),

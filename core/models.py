@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from core.kernels import join_weights, use_onednn
+from core.kernels import use_onednn
 from core.paths import WorkbenchError, model_cache_dir
 
 BUNDLED = {
@@ -170,14 +170,12 @@ def prepare_tokenizer(tokenizer) -> None:
 
 
 def freeze(model: torch.nn.Module) -> None:
-    """Freeze every base parameter, switch to eval mode (no dropout), run the frozen linear
-    layers on oneDNN's CPU matmul (core/kernels.py: about 2x MKL's on AMD processors) and join
-    the weights of the layers that share an input (one buffer each, no memory added)."""
+    """Freeze every base parameter, switch to eval mode (no dropout) and run the frozen linear
+    layers on oneDNN's CPU matmul (core/kernels.py: about 2x MKL's on AMD processors)."""
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
     use_onednn(model)
-    join_weights(model)
 
 
 def embedding_matrix(model: torch.nn.Module) -> torch.Tensor:

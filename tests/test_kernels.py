@@ -63,20 +63,23 @@ def test_loaded_model_uses_it_and_gives_the_stock_logits(tiny_model_dir, tokeniz
     assert set(lm.model.state_dict()) == set(stock.state_dict())  # saves and loads as before
 
 
-def test_loaded_model_has_its_shared_input_weights_joined_without_copies(tiny_model_dir):
+def test_joined_weights_of_layers_that_share_an_input_built_once_and_rebuilt_when_a_weight_changes(tiny_model_dir):
     lm = load_model(tiny_model_dir)
-    stock = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    for layer, ref in zip(lm.model.model.layers, stock.model.layers):
-        at, mlp = layer.self_attn, layer.mlp
-        qkv = kernels.joined_weight(at.q_proj, at.k_proj, at.v_proj)
-        gate_up = kernels.joined_weight(mlp.gate_proj, mlp.up_proj)
-        assert qkv is not None and gate_up is not None
-        assert torch.equal(qkv, torch.cat([ref.self_attn.q_proj.weight, ref.self_attn.k_proj.weight,
-                                           ref.self_attn.v_proj.weight]))
-        assert mlp.up_proj.weight.data_ptr() == gate_up[mlp.gate_proj.weight.shape[0]:].data_ptr()  # a view
-        assert not mlp.up_proj.weight.requires_grad
-    mlp = lm.model.model.layers[0].mlp
-    mlp.up_proj.weight = torch.nn.Parameter(mlp.up_proj.weight.clone())  # no longer part of the buffer
+    at, mlp = lm.model.model.layers[0].self_attn, lm.model.model.layers[0].mlp
+    qkv = kernels.joined_weight(at.q_proj, at.k_proj, at.v_proj)
+    assert torch.equal(qkv, torch.cat([at.q_proj.weight, at.k_proj.weight, at.v_proj.weight]))
+    assert kernels.joined_weight(at.q_proj, at.k_proj, at.v_proj) is qkv  # kept, not rebuilt
+    assert "_joined_weight" not in str(list(lm.model.state_dict()))  # not part of the model's weights
+    gate_up = kernels.joined_weight(mlp.gate_proj, mlp.up_proj)
+    mlp.up_proj.weight = torch.nn.Parameter(mlp.up_proj.weight * 2, requires_grad=False)  # replaced
+    assert torch.equal(kernels.joined_weight(mlp.gate_proj, mlp.up_proj)[mlp.gate_proj.weight.shape[0]:],
+                       mlp.up_proj.weight)
+    with torch.no_grad():
+        mlp.gate_proj.weight.mul_(3)  # changed in place
+    assert torch.equal(kernels.joined_weight(mlp.gate_proj, mlp.up_proj)[:mlp.gate_proj.weight.shape[0]],
+                       mlp.gate_proj.weight)
+    assert not torch.equal(gate_up, kernels.joined_weight(mlp.gate_proj, mlp.up_proj))
+    mlp.up_proj.weight.requires_grad_(True)  # a layer that trains is never joined
     assert kernels.joined_weight(mlp.gate_proj, mlp.up_proj) is None
 
 
