@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from core.heap import keep_freed_memory
 from core.config import TuneConfig
 from core.fastloss import labelled_loss
 from core.formatting import EncodedDataset, Formatter, PadCollator
@@ -176,6 +177,7 @@ def train(run: Run, resume: bool = False, progress: Callable | None = None, extr
     that was installed before (a sweep's) is put back when the run ends.
     """
     cfg = run.config()
+    keep_freed_memory()  # each step reuses the pages of the one before (core/heap.py)
     checkpoint = run.last_checkpoint() if resume else None
     if resume and checkpoint is None and run.checkpoints():
         raise WorkbenchError(f"Run {run.id!r} has no complete checkpoint to resume from: start it again.")
