@@ -27,6 +27,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -154,8 +155,9 @@ _SIGNATURES = {"rms_fwd": [_P, _P, _P, _P, _I, _I, _F], "rms_bwd": [_P] * 6 + [_
 
 def _build(cc: str) -> ctypes.CDLL:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    cpu = platform.processor() + open("/proc/cpuinfo").read().split("flags", 1)[-1].split("\n", 1)[0] \
-        if os.path.exists("/proc/cpuinfo") else platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text().split("flags", 1)[-1].split("\n", 1)[0] if cpuinfo.exists() else ""
+    cpu = platform.processor() + flags  # -march=native: a library built for one CPU is not loaded on another
     key = hashlib.sha256("\0".join([_SOURCE, *_CFLAGS, *_LDFLAGS, version, cpu]).encode()).hexdigest()[:16]
     out = model_cache_dir() / "kernels" / f"fused-{key}.so"
     if not out.exists():
