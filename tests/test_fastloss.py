@@ -107,3 +107,27 @@ def test_flat_layout_gives_the_model_its_attention_back_even_when_the_pass_fails
         labelled_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
     hook.remove()
     assert config._attn_implementation == impl
+
+
+def test_one_layer_model_where_the_first_layer_is_also_the_last(tokenizer, tmp_path):
+    """The stack trims the last layer to the labelled positions and stops the first layer's backward
+    at the soft prompt; with one layer both happen in the same layer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                      pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    model = build_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path), tokenizer,
+                             TuneConfig(num_virtual_tokens=2), str(tmp_path))
+    assert flatstack.supported(model.get_base_model())
+    rows = [{"input": "one two three", "target": "four"}, {"input": "five", "target": "six seven"}]
+    ds = EncodedDataset(rows, Formatter(tokenizer, "plain", "{input}"))
+    batch = PadCollator(tokenizer.pad_token_id)([ds[0], ds[1]])
+    params = [p for p in model.parameters() if p.requires_grad]
+    ref = model(**batch).loss
+    ref_grads = torch.autograd.grad(ref, params)
+    ours = labelled_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    for g, r in zip(torch.autograd.grad(ours, params), ref_grads):
+        assert torch.allclose(g, r, rtol=1e-4, atol=1e-6)
