@@ -121,27 +121,34 @@ class _Attention:
         return dq, dk, dv
 
 
+def _layers_forward(prompt, text, layers, cos, sin, attn, rows, keep: bool):
+    """The layers over [prompt, text]; the last one only at the text rows `rows`. Returns the last
+    hidden states and, with `keep`, what the backward needs from each layer."""
+    h, saved = torch.cat([prompt, text]), []
+    L, picked = h.shape[0], rows + prompt.shape[0]  # the positions whose last hidden state is asked for
+    for i, layer in enumerate(layers):
+        at, mlp, last = layer.self_attn, layer.mlp, i == len(layers) - 1
+        d = at.head_dim
+        x, r1 = fused.rms_norm(h, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
+        q, k, v = (y.view(L, -1, d) for y in _outputs(x, at.q_proj, at.k_proj, at.v_proj))
+        q, k = fused.rotary_(q, cos, sin), fused.rotary_(k, cos, sin)
+        a, state = attn.forward(q, k, v)
+        a, res = (a[picked], h[picked]) if last else (a, h)  # the last layer's output only where it is used
+        h1 = frozen_matmul(a.view(a.shape[0], -1), at.o_proj.weight, add=res)  # residual fused into the matmul
+        norm = layer.post_attention_layernorm
+        x2, r2 = fused.rms_norm(h1, norm.weight, norm.variance_epsilon)
+        g, u = _outputs(x2, mlp.gate_proj, mlp.up_proj)
+        if keep:
+            saved.append((h, r1, q, k, v, state, h1, r2, g, u))
+        h = frozen_matmul(fused.swiglu(g, u), mlp.down_proj.weight, add=h1)
+    return h, saved, picked
+
+
 class _Stack(torch.autograd.Function):
     @staticmethod
     def forward(ctx, prompt, text, layers, cos, sin, attn, rows):
-        h, saved = torch.cat([prompt, text]), []
-        L, N = h.shape[0], prompt.shape[0]
-        picked = rows + N  # the positions whose last hidden state is asked for
-        for i, layer in enumerate(layers):
-            at, mlp, last = layer.self_attn, layer.mlp, i == len(layers) - 1
-            d = at.head_dim
-            x, r1 = fused.rms_norm(h, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
-            q, k, v = (y.view(L, -1, d) for y in _outputs(x, at.q_proj, at.k_proj, at.v_proj))
-            q, k = fused.rotary_(q, cos, sin), fused.rotary_(k, cos, sin)
-            a, state = attn.forward(q, k, v)
-            a, res = (a[picked], h[picked]) if last else (a, h)  # the last layer's output only where it is used
-            h1 = frozen_matmul(a.view(a.shape[0], -1), at.o_proj.weight, add=res)  # residual fused into the matmul
-            norm = layer.post_attention_layernorm
-            x2, r2 = fused.rms_norm(h1, norm.weight, norm.variance_epsilon)
-            g, u = _outputs(x2, mlp.gate_proj, mlp.up_proj)
-            saved.append((h, r1, q, k, v, state, h1, r2, g, u))
-            h = frozen_matmul(fused.swiglu(g, u), mlp.down_proj.weight, add=h1)
-        ctx.layers, ctx.saved, ctx.rotary, ctx.attn, ctx.picked, ctx.N = layers, saved, (cos, sin), attn, picked, N
+        h, saved, picked = _layers_forward(prompt, text, layers, cos, sin, attn, rows, keep=True)
+        ctx.layers, ctx.saved, ctx.rotary, ctx.attn, ctx.picked, ctx.N = layers, saved, (cos, sin), attn, picked, len(prompt)
         return h
 
     @staticmethod
@@ -182,4 +189,6 @@ def decoder_stack(base, prompt: torch.Tensor, text: torch.Tensor, positions: tor
     mask = torch.zeros(keys.shape, dtype=flat.dtype, device=flat.device).masked_fill_(~keys, float("-inf"))
     attn = _Attention(keys.shape[0], keys.shape[2], mask, decoder.layers[0].self_attn.scaling)
     layers = list(decoder.layers[: base.config.num_hidden_layers])
-    return decoder.norm(_Stack.apply(prompt, text, layers, cos, sin, attn, rows))
+    if torch.is_grad_enabled() and (prompt.requires_grad or text.requires_grad):
+        return decoder.norm(_Stack.apply(prompt, text, layers, cos, sin, attn, rows))
+    return decoder.norm(_layers_forward(prompt, text, layers, cos, sin, attn, rows, keep=False)[0])  # evaluation

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,10 @@ TRIM_THRESHOLD = 2**31 - 1
 
 @functools.cache
 def keep_freed_memory() -> bool:
-    """Apply the settings to this process (once); True where glibc took them."""
+    """Apply the settings to this process (once); True where glibc took them. WORKBENCH_KEEP_HEAP=0
+    leaves glibc's defaults."""
+    if os.environ.get("WORKBENCH_KEEP_HEAP", "1") == "0":
+        return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):

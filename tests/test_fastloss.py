@@ -131,3 +131,18 @@ def test_one_layer_model_where_the_first_layer_is_also_the_last(tokenizer, tmp_p
     assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
     for g, r in zip(torch.autograd.grad(ours, params), ref_grads):
         assert torch.allclose(g, r, rtol=1e-4, atol=1e-6)
+
+
+def test_evaluation_through_the_stack_keeps_no_activations(tiny_model_dir, tokenizer, monkeypatch):
+    """Under no_grad (the Trainer's evaluation) the stack runs its layers without the autograd node
+    that keeps every layer's activations for a backward pass, and gives the same loss."""
+    model = peft_model(tiny_model_dir, tokenizer, "stack")
+    ds = EncodedDataset([{"input": "one two", "target": "three"}], Formatter(tokenizer, "plain", "{input}"))
+    batch = PadCollator(tokenizer.pad_token_id)([ds[0]])
+    args = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    with_grad = labelled_loss(model, *args)
+    kept = []
+    monkeypatch.setattr(flatstack._Stack, "apply", lambda *a: kept.append(1))
+    with torch.no_grad():
+        loss = labelled_loss(model, *args)
+    assert kept == [] and loss.item() == pytest.approx(with_grad.item(), rel=1e-6)

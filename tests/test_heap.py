@@ -28,3 +28,13 @@ def test_a_step_reuses_the_pages_the_one_before_freed():
     pages = 40 * (8 << 20) // 4096
     assert faults("default") > pages // 2  # glibc gave the 320 MB back and the second step faulted it in
     assert faults("keep") < pages // 4  # reused (seen: 4,097 and 8,192 of 81,920)
+
+
+def test_turned_off_by_the_environment(monkeypatch):
+    from core import heap
+    monkeypatch.setenv("WORKBENCH_KEEP_HEAP", "0")
+    heap.keep_freed_memory.cache_clear()
+    try:
+        assert heap.keep_freed_memory() is False
+    finally:
+        heap.keep_freed_memory.cache_clear()
