@@ -43,7 +43,9 @@ def supported(base) -> bool:
         return False
     if cfg.model_type != "llama" or base.device.type != "cpu":
         return False
-    if base.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or getattr(decoder, "gradient_checkpointing", False):
+    if base.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        return False
+    if getattr(decoder, "gradient_checkpointing", False):
         return False
     if cfg.hidden_act != "silu" or cfg.attention_bias or cfg.mlp_bias or getattr(cfg, "pretraining_tp", 1) != 1:
         return False
@@ -148,7 +150,8 @@ class _Stack(torch.autograd.Function):
     @staticmethod
     def forward(ctx, prompt, text, layers, cos, sin, attn, rows):
         h, saved, picked = _layers_forward(prompt, text, layers, cos, sin, attn, rows, keep=True)
-        ctx.layers, ctx.saved, ctx.rotary, ctx.attn, ctx.picked, ctx.N = layers, saved, (cos, sin), attn, picked, len(prompt)
+        ctx.layers, ctx.saved, ctx.rotary, ctx.attn = layers, saved, (cos, sin), attn
+        ctx.picked, ctx.N = picked, len(prompt)
         return h
 
     @staticmethod
@@ -170,7 +173,7 @@ class _Stack(torch.autograd.Function):
                 dh1 = dh1.new_zeros(L, dh1.shape[1]).index_copy_(0, ctx.picked, dh1)
             dq, dk, dv = attn.backward(dout, q, k, v, state)
             rows = L if i or text_grad else N  # the text rows' embeddings are frozen: only the prompt's gradient
-            dq, dk = fused.rotary_backward(dq[:rows], cos[:rows], sin[:rows]), fused.rotary_backward(dk[:rows], cos[:rows], sin[:rows])
+            dq, dk = (fused.rotary_backward(g[:rows], cos[:rows], sin[:rows]) for g in (dq, dk))
             dx = _input_grad(torch.cat([dq.view(rows, -1), dk.view(rows, -1), dv[:rows].reshape(rows, -1)], 1),
                              at.q_proj, at.k_proj, at.v_proj)
             dh = fused.rms_norm_backward(dx, h[:rows], r1[:rows], layer.input_layernorm.weight, dh1[:rows])

@@ -4,8 +4,8 @@ The hand-written training pass (core/flatstack.py) spends most of its time in th
 what is left is memory-bound elementwise work: RMSNorm, rotary embeddings and SwiGLU, forward and
 backward. PyTorch runs each of them as several ops, one pass over memory each (rotary alone is a
 slice, a negation, a concatenation, two products and a sum). Here each is one loop over the rows,
-written in C and compiled with the machine's C compiler on first use (about 0.3 s, cached under
-the model cache by source, compiler and CPU). The LM head's cross-entropy over the labelled rows
+written in C (core/fused.c) and compiled with the machine's C compiler on first use (about 0.3 s,
+cached under the model cache by source, compiler and CPU). The LM head's cross-entropy over the labelled rows
 is here too: two passes over each row of logits instead of five. Measured at the training step's
 shapes (`bench/bench_kernels.py`, 660 x 576 and 660 x 1536 tensors, 128 x 49,152 logits), fused
 against PyTorch ops: RMSNorm 0.025 vs 0.068 ms, its backward 0.032 vs 0.142, rotary 0.015 vs
@@ -36,111 +36,7 @@ from core.paths import model_cache_dir
 
 log = logging.getLogger(__name__)
 
-_SOURCE = r"""
-#include <math.h>
-#include <stdint.h>
-
-/* x = w * (h * r), r = 1 / sqrt(mean(h^2) + eps), per row of D */
-void rms_fwd(const float *h, const float *w, float *x, float *r, int64_t L, int64_t D, float eps) {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < L; i++) {
-        const float *hi = h + i * D; float *xi = x + i * D; float s = 0.f;
-#pragma omp simd reduction(+:s)
-        for (int64_t j = 0; j < D; j++) s += hi[j] * hi[j];
-        float rr = 1.f / sqrtf(s / (float)D + eps);
-        r[i] = rr;
-#pragma omp simd
-        for (int64_t j = 0; j < D; j++) xi[j] = w[j] * (hi[j] * rr);
-    }
-}
-
-/* dh = dres + (d/dh of w * (h * r)) applied to dy */
-void rms_bwd(const float *dy, const float *h, const float *r, const float *w, const float *dres, float *dh,
-             int64_t L, int64_t D) {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < L; i++) {
-        const float *dyi = dy + i * D, *hi = h + i * D, *di = dres + i * D; float *o = dh + i * D;
-        float rr = r[i], c = 0.f;
-#pragma omp simd reduction(+:c)
-        for (int64_t j = 0; j < D; j++) c += dyi[j] * w[j] * hi[j];
-        c *= rr * rr * rr / (float)D;
-#pragma omp simd
-        for (int64_t j = 0; j < D; j++) o[j] = di[j] + rr * dyi[j] * w[j] - c * hi[j];
-    }
-}
-
-/* rotary over (L, H, d) with row/head strides; y = x * cos + rotate_half(x) * sin (back = 0), or its
-   transpose, the backward (back = 1); y may be x */
-void rope(const float *x, int64_t ls, int64_t hs, float *y, int64_t yls, int64_t yhs,
-          const float *cs, const float *sn, int64_t L, int64_t H, int64_t d, int back) {
-    int64_t m = d / 2;
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < L; i++) {
-        const float *c = cs + i * d, *s = sn + i * d;
-        for (int64_t k = 0; k < H; k++) {
-            const float *a = x + i * ls + k * hs; float *b = y + i * yls + k * yhs;
-            if (back) {
-#pragma omp simd
-                for (int64_t j = 0; j < m; j++) {
-                    float lo = a[j], hi = a[j + m];
-                    b[j] = lo * c[j] + hi * s[j + m]; b[j + m] = hi * c[j + m] - lo * s[j];
-                }
-            } else {
-#pragma omp simd
-                for (int64_t j = 0; j < m; j++) {
-                    float lo = a[j], hi = a[j + m];
-                    b[j] = lo * c[j] - hi * s[j]; b[j + m] = hi * c[j + m] + lo * s[j + m];
-                }
-            }
-        }
-    }
-}
-
-/* a = silu(g) * u over (L, F) rows; g and u rows of stride gs */
-void swiglu_fwd(const float *g, const float *u, int64_t gs, float *a, int64_t L, int64_t F) {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < L; i++) {
-        const float *gi = g + i * gs, *ui = u + i * gs; float *ai = a + i * F;
-#pragma omp simd
-        for (int64_t j = 0; j < F; j++) { float v = gi[j]; ai[j] = v / (1.f + expf(-v)) * ui[j]; }
-    }
-}
-
-/* dg and du rows of stride ds (side by side in one buffer) */
-void swiglu_bwd(const float *da, const float *g, const float *u, int64_t gs, float *dg, float *du, int64_t ds,
-                int64_t L, int64_t F) {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < L; i++) {
-        const float *dai = da + i * F, *gi = g + i * gs, *ui = u + i * gs; float *dgi = dg + i * ds, *dui = du + i * ds;
-#pragma omp simd
-        for (int64_t j = 0; j < F; j++) {
-            float v = gi[j], sg = 1.f / (1.f + expf(-v)), t = dai[j];
-            dui[j] = t * v * sg;
-            dgi[j] = t * ui[j] * sg * (1.f + v * (1.f - sg));
-        }
-    }
-}
-
-/* cross-entropy of each row of logits (M, V) against its target: loss[i] = logsumexp - logit[target];
-   with grad, the row is overwritten by (softmax - onehot) * scale, the loss's gradient at the logits */
-void xent(float *z, const int64_t *t, float *loss, int64_t M, int64_t V, float scale, int grad) {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < M; i++) {
-        float *zi = z + i * V, mx = -INFINITY, s = 0.f;
-#pragma omp simd reduction(max:mx)
-        for (int64_t j = 0; j < V; j++) mx = zi[j] > mx ? zi[j] : mx;
-#pragma omp simd reduction(+:s)
-        for (int64_t j = 0; j < V; j++) s += expf(zi[j] - mx);
-        float lse = mx + logf(s);
-        loss[i] = lse - zi[t[i]];
-        if (grad) {
-#pragma omp simd
-            for (int64_t j = 0; j < V; j++) zi[j] = expf(zi[j] - lse) * scale;
-            zi[t[i]] -= scale;
-        }
-    }
-}
-"""
+_SOURCE = Path(__file__).with_name("fused.c")  # compiled on first use
 # -ffast-math (for the vectorised expf of glibc's libmvec) only when compiling: linked in, it would
 # switch the whole process to flush-to-zero
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
@@ -158,14 +54,15 @@ def _build(cc: str) -> ctypes.CDLL:
     cpuinfo = Path("/proc/cpuinfo")
     flags = cpuinfo.read_text().split("flags", 1)[-1].split("\n", 1)[0] if cpuinfo.exists() else ""
     cpu = platform.processor() + flags  # -march=native: a library built for one CPU is not loaded on another
-    key = hashlib.sha256("\0".join([_SOURCE, *_CFLAGS, *_LDFLAGS, version, cpu]).encode()).hexdigest()[:16]
+    source = _SOURCE.read_text()
+    key = hashlib.sha256("\0".join([source, *_CFLAGS, *_LDFLAGS, version, cpu]).encode()).hexdigest()[:16]
     out = model_cache_dir() / "kernels" / f"fused-{key}.so"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             src, obj, lib = (os.path.join(tmp, n) for n in ("fused.c", "fused.o", "fused.so"))
             with open(src, "w") as f:
-                f.write(_SOURCE)
+                f.write(source)
             for cmd in ([cc, *_CFLAGS, "-c", src, "-o", obj], [cc, obj, "-o", lib, *_LDFLAGS]):
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
                 if done.returncode:
@@ -212,10 +109,6 @@ def available() -> bool:
     return _get() is not None
 
 
-def _ptr(t: torch.Tensor) -> int:
-    return t.data_ptr()
-
-
 def _ok(*ts: torch.Tensor) -> bool:
     return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in ts)
 
@@ -228,7 +121,7 @@ def rms_norm(h: torch.Tensor, w: torch.Tensor, eps: float) -> tuple[torch.Tensor
         return w * (h * r), r
     h, w = h.contiguous(), w.contiguous()
     x, r = torch.empty_like(h), h.new_empty(h.shape[0], 1)
-    lib.rms_fwd(_ptr(h), _ptr(w), _ptr(x), _ptr(r), h.shape[0], h.shape[1], eps)
+    lib.rms_fwd(h.data_ptr(), w.data_ptr(), x.data_ptr(), r.data_ptr(), *h.shape, eps)
     return x, r
 
 
@@ -239,9 +132,9 @@ def rms_norm_backward(dy: torch.Tensor, h: torch.Tensor, r: torch.Tensor, w: tor
     if lib is None or not _ok(dy, h, r, w, dres):
         dxh = dy * w
         return dres + r * dxh - h * (r.pow(3) * (dxh * h).mean(-1, keepdim=True))
-    dy, h, w, dres = dy.contiguous(), h.contiguous(), w.contiguous(), dres.contiguous()
+    dy, h, r, w, dres = (t.contiguous() for t in (dy, h, r, w, dres))  # kept alive through the call
     dh = torch.empty_like(h)
-    lib.rms_bwd(_ptr(dy), _ptr(h), _ptr(r.contiguous()), _ptr(w), _ptr(dres), _ptr(dh), h.shape[0], h.shape[1])
+    lib.rms_bwd(dy.data_ptr(), h.data_ptr(), r.data_ptr(), w.data_ptr(), dres.data_ptr(), dh.data_ptr(), *h.shape)
     return dh
 
 
@@ -259,14 +152,18 @@ def _rope_ok(x: torch.Tensor, cos: torch.Tensor) -> bool:
     return _ok(x, cos) and x.stride(-1) == 1 and cos.is_contiguous() and x.shape[-1] % 2 == 0
 
 
+def _rope(lib, src: torch.Tensor, dst: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, back: bool) -> torch.Tensor:
+    lib.rope(src.data_ptr(), src.stride(0), src.stride(1), dst.data_ptr(), dst.stride(0), dst.stride(1),
+             cos.data_ptr(), sin.data_ptr(), *src.shape, int(back))
+    return dst
+
+
 def rotary_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x * cos + rotate_half(x) * sin, in place; x (L, heads, d), cos and sin (L, d)."""
     lib = _get()
     if lib is None or not _rope_ok(x, cos) or not sin.is_contiguous():
         return x.copy_(x * cos[:, None] + _rotate_half(x) * sin[:, None])
-    lib.rope(_ptr(x), x.stride(0), x.stride(1), _ptr(x), x.stride(0), x.stride(1), _ptr(cos), _ptr(sin),
-             *x.shape, 0)
-    return x
+    return _rope(lib, x, x, cos, sin, back=False)
 
 
 def rotary_backward(dy: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -275,10 +172,7 @@ def rotary_backward(dy: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
     lib = _get()
     if lib is None or not _rope_ok(dy, cos) or not sin.is_contiguous():
         return (dy * cos[:, None] + _rotate_half_t(dy * sin[:, None])).contiguous()
-    dx = dy.new_empty(dy.shape)
-    lib.rope(_ptr(dy), dy.stride(0), dy.stride(1), _ptr(dx), dx.stride(0), dx.stride(1), _ptr(cos), _ptr(sin),
-             *dy.shape, 1)
-    return dx
+    return _rope(lib, dy, dy.new_empty(dy.shape), cos, sin, back=True)
 
 
 def _rows(g: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,7 +190,7 @@ def swiglu(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return F.silu(g) * u
     g, u = _rows(g, u)
     a = g.new_empty(g.shape)
-    lib.swiglu_fwd(_ptr(g), _ptr(u), g.stride(0), _ptr(a), g.shape[0], g.shape[1])
+    lib.swiglu_fwd(g.data_ptr(), u.data_ptr(), g.stride(0), a.data_ptr(), g.shape[0], g.shape[1])
     return a
 
 
@@ -309,7 +203,8 @@ def swiglu_backward(da: torch.Tensor, g: torch.Tensor, u: torch.Tensor) -> torch
     (g, u), da = _rows(g, u), da.contiguous()
     L, F_ = g.shape
     dgu = g.new_empty(L, 2 * F_)
-    lib.swiglu_bwd(_ptr(da), _ptr(g), _ptr(u), g.stride(0), _ptr(dgu), _ptr(dgu) + 4 * F_, 2 * F_, L, F_)
+    du = dgu[:, F_:]  # the right half: rows of stride 2F
+    lib.swiglu_bwd(da.data_ptr(), g.data_ptr(), u.data_ptr(), g.stride(0), dgu.data_ptr(), du.data_ptr(), 2 * F_, L, F_)
     return dgu
 
 
@@ -329,7 +224,7 @@ def cross_entropy_(logits: torch.Tensor, targets: torch.Tensor, grad: bool) -> t
         raise IndexError(f"target ids must lie in [0, {logits.shape[1]}), got {targets.min()}..{targets.max()}")
     loss = logits.new_empty(M)
     targets = targets.contiguous()
-    lib.xent(_ptr(logits), _ptr(targets), _ptr(loss), M, logits.shape[1], 1.0 / max(M, 1), int(grad))
+    lib.xent(logits.data_ptr(), targets.data_ptr(), loss.data_ptr(), M, logits.shape[1], 1.0 / max(M, 1), int(grad))
     return loss.mean()
 
 
@@ -345,7 +240,7 @@ def _probe(lib: ctypes.CDLL) -> bool:
     gen = torch.Generator().manual_seed(0)
     h, dy, dres = (torch.randn(5, 24, generator=gen) for _ in range(3))
     w = torch.randn(24, generator=gen)
-    cos, sin, q = torch.randn(5, 8, generator=gen), torch.randn(5, 8, generator=gen), torch.randn(5, 3, 8, generator=gen)
+    cos, sin, q = (torch.randn(*shape, generator=gen) for shape in ((5, 8), (5, 8), (5, 3, 8)))
     g, u, da = (torch.randn(5, 40, generator=gen) for _ in range(3))
     z, t = torch.randn(4, 50, generator=gen) * 5, torch.tensor([0, 7, 49, 3])
 
