@@ -131,6 +131,9 @@ class TuneConfig:
             errors["model"] = f"is empty: use the bundled model {_DEFAULT_MODEL!r} or give a model folder."
         if not (self.task or "").strip():
             errors["task"] = "is empty: name a built-in task or your dataset."
+        if self.data_path and self.input_column == self.target_column:
+            errors["target_column"] = (f"{self.target_column!r} is also the input column: map the target to the "
+                                       "column that holds the expected output.")
         if errors:
             raise ConfigError(errors)
 

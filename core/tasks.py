@@ -143,6 +143,29 @@ def peek(path: str | Path, n: int = 5) -> tuple[list[str], list[dict]]:
     return ds.column_names, [dict(r) for r in ds.select(range(min(n, len(ds))))]
 
 
+INPUT_NAMES = ("input", "question", "query", "prompt", "text", "source", "sentence", "context", "document")
+TARGET_NAMES = ("target", "answer", "label", "reference", "output", "response", "completion", "summary",
+                "translation", "paraphrase", "expected", "gold")
+
+
+def guess_columns(columns: list[str]) -> tuple[str, str]:
+    """The input and target columns a data file most likely means, for every upload form: a column
+    named like an input / a target (case-insensitive, first match in the lists above), otherwise the
+    first column and the first other one. The two differ whenever the file has two columns."""
+    if not columns:
+        raise WorkbenchError("The data file has no columns: it needs an input and a target column.")
+    lower = {c.lower().strip(): c for c in reversed(columns)}
+
+    def named(names, taken=None):
+        return next((lower[n] for n in names if n in lower and lower[n] != taken), None)
+
+    target = named(TARGET_NAMES)
+    source = named(INPUT_NAMES, taken=target) or next((c for c in columns if c != target), columns[0])
+    if target is None:
+        target = next((c for c in columns if c != source), source)
+    return source, target
+
+
 def save_upload(name: str, data: bytes) -> Path:
     """Store an uploaded file as <workspace>/uploads/<content hash>/<sanitised name>: a later upload
     with the same name never changes the data of a run that already uses the first one."""

@@ -6,17 +6,32 @@ from core.generator import Decoding
 from core.models import DEFAULT_MODEL
 from core.paths import WorkbenchError
 from core.runs import list_runs
-from core.tasks import BUILTIN, load_records, load_task, peek, save_upload
+from core.tasks import BUILTIN, guess_columns, load_records, load_task, peek, save_upload
 from workbench.compare_view import render_metrics, render_rows
 from workbench.state import generator, sentence_embedder
 
 st.title("Compare soft and hard prompts")
 all_runs = list_runs()
+
+
+def task_runs(model: str, task: str) -> list[str]:
+    """The soft prompts a model and task start with: the task's newest completed run."""
+    done = [r for r in all_runs if r["model"] == model and r["task"] == task and r["state"] in ("completed", "cancelled")]
+    return [max(done, key=lambda r: r["created"] or 0)["id"]] if done else []
+
+
+def follow_context() -> None:
+    """A selection follows the context it was made for: a new task or model picks its own run."""
+    st.session_state["cmp_runs"] = task_runs(st.session_state["cmp_model"], st.session_state["cmp_task"])
+
+
 with st.sidebar:
     model = st.selectbox("Model", sorted({DEFAULT_MODEL} | {r["model"] for r in all_runs if r["model"]}),
-                         key="cmp_model", help="Soft prompts are listed for the runs trained on this model.")
+                         key="cmp_model", on_change=follow_context,
+                         help="Soft prompts are listed for the runs trained on this model.")
     st.header("Inputs")
-    task = load_task(st.selectbox("Task", list(BUILTIN), key="cmp_task"))
+    task = load_task(st.selectbox("Task", list(BUILTIN), key="cmp_task", on_change=follow_context,
+                                  help="Switching the task selects its newest trained run as the soft prompt."))
     source = st.radio("Inputs from", ["test split", "validation split", "pasted text", "a file"], key="cmp_source")
     if source == "pasted text":
         lines = st.text_area("One input per line", key="cmp_pasted", height=150).splitlines()
@@ -27,10 +42,17 @@ with st.sidebar:
         if upload is not None:
             try:
                 path = save_upload(upload.name, upload.getvalue())
-                columns, _ = peek(path)
-                col_in = st.selectbox("Input column", columns, key="cmp_col_in")
-                col_ref = st.selectbox("Reference column", columns, key="cmp_col_ref")
-                inputs = load_records(path, col_in, col_ref)
+                columns, head = peek(path)
+                guess_in, guess_ref = guess_columns(columns)
+                col_in = st.selectbox("Input column", columns, key="cmp_col_in", index=columns.index(guess_in))
+                col_ref = st.selectbox("Reference column", columns, key="cmp_col_ref",
+                                       index=columns.index(guess_ref))
+                st.dataframe(head, hide_index=True, key="cmp_upload_preview")
+                if col_in == col_ref:
+                    st.error("Reference column: the same column as the input, so every metric would score the "
+                             "input against itself. Pick the column with the expected output.")
+                else:
+                    inputs = load_records(path, col_in, col_ref)
             except WorkbenchError as e:
                 st.error(str(e))
     else:
@@ -49,11 +71,18 @@ with st.sidebar:
                                 "few-shot prompts otherwise run on into the next made-up example.")
     prompt_format = st.radio("Hard prompt format", ["chat", "plain"], horizontal=True, key="cmp_format")
 
-runs = [r for r in all_runs if r["model"] == model and r["state"] in ("completed", "cancelled")]
+runs = {r["id"]: r for r in all_runs if r["model"] == model and r["state"] in ("completed", "cancelled")}
+if "cmp_runs" not in st.session_state:
+    st.session_state["cmp_runs"] = task_runs(model, task.spec.name)
+st.session_state["cmp_runs"] = [r for r in st.session_state["cmp_runs"] if r in runs]  # deleted runs drop out
 st.subheader("Systems")
 c1, c2 = st.columns(2)
-picked = c1.multiselect("Soft prompts (trained runs)", [r["id"] for r in runs], key="cmp_runs",
-                        default=[r["id"] for r in runs if r["task"] == task.spec.name][:1])
+picked = c1.multiselect("Soft prompts (trained runs)", list(runs), key="cmp_runs",
+                        format_func=lambda r: r if runs[r]["task"] == task.spec.name
+                        else f"{r} (trained on {runs[r]['task']})",
+                        help="The task's newest run is picked for you; runs of other tasks are marked.")
+if other := [r for r in picked if runs[r]["task"] != task.spec.name]:
+    c1.warning(f"{', '.join(other)} was trained on another task; it is compared on {task.spec.name} inputs as is.")
 shots = c2.slider("Few-shot examples (0 = none)", 0, 8, 3, key="cmp_shots")
 template = st.text_area("Hard prompt template (edit to add a second hard prompt)", task.spec.hard_prompt,
                         key=f"cmp_template_{task.spec.name}", height=90)

@@ -4,6 +4,7 @@ import streamlit as st
 
 from core.models import DEFAULT_MODEL
 from core.paths import WorkbenchError, workspace
+from workbench.links import page_link
 from workbench.state import builtin_tasks, runs_table, task_preview
 
 st.title("Soft Prompt Workbench")
@@ -31,7 +32,10 @@ st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="home_tas
 st.subheader("Runs")
 runs = runs_table()
 if not runs:
-    st.info("No runs yet. Start one from a terminal: "
-            "`python -m workbench tune --task paraphrase` (the task's tuned defaults)")
+    st.info("No runs yet. Three steps to see what a soft prompt buys over a hand-written one:")
+    page_link("tune", "1. Tune: train a soft prompt on a built-in task or your own file", ":material/model_training:")
+    page_link("compare", "2. Compare: its answers beside the hard prompts' on the same inputs", ":material/compare:")
+    page_link("explore", "3. Explore: where its vectors sit among the vocabulary", ":material/scatter_plot:")
+    st.caption("From a terminal: `python -m workbench tune --task sentiment` (the task's tuned defaults).")
 else:
     st.dataframe(pd.DataFrame(runs), hide_index=True, width="stretch", key="home_runs")

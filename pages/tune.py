@@ -1,17 +1,20 @@
 """Tune: configure a soft-prompt run, start it in its own process, watch it live."""
+from functools import partial
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
 from core import jobs
 from core.models import DEFAULT_MODEL, resolve_model_dir
 from core.paths import WorkbenchError
-from core.tasks import BUILTIN, peek, save_upload
-from functools import partial
+from core.tasks import BUILTIN, guess_columns, peek, save_upload
 
-from workbench.config_form import ERRORS_KEY, FIELDS, apply_defaults, build_config, field_widget
+from workbench.config_form import ERRORS_KEY, FIELDS, apply_defaults, build_config, field_widget, keep_form_state
 from workbench.run_view import live_run
 
 st.title("Tune a soft prompt")
+keep_form_state()
 values: dict = {}
 
 st.subheader("Model and data")
@@ -39,22 +42,31 @@ if data_kind == "Built-in task":
                                           "tuned defaults (see the README's results table).")
 else:
     upload = right.file_uploader("CSV, JSONL or Parquet", type=["csv", "jsonl", "json", "parquet"], key="upload")
-    if upload is None:
+    earlier = st.session_state.get("tune_upload_path")  # the uploader forgets its file when Data switches away
+    if upload is None and not earlier:
         st.info("Upload a file with one example per row, then map its input and target columns.")
         st.stop()
     try:
-        path = save_upload(upload.name, upload.getvalue())
+        path = save_upload(upload.name, upload.getvalue()) if upload is not None else Path(earlier)
         columns, head = peek(path)
+        st.session_state["tune_upload_path"] = str(path)
+        if upload is None:
+            right.caption(f"Using **{path.name}**, uploaded earlier. Upload another file to replace it.")
     except WorkbenchError as e:
         st.error(str(e))
         st.stop()
-    values["task"] = right.text_input("Task name", value=path.stem, key="cfg_task_name")
+    name = path.stem if path.stem not in BUILTIN else f"{path.stem}-own"  # never taken for a built-in task
+    values["task"] = right.text_input("Task name", value=name, key="cfg_task_name")
     values["data_path"] = str(path)
+    guess_in, guess_target = guess_columns(columns)
     c1, c2 = st.columns(2)
     values["input_column"] = c1.selectbox("Input column", columns, key="cfg_input_column",
-                                          index=columns.index("input") if "input" in columns else 0)
+                                          index=columns.index(guess_in))
     values["target_column"] = c2.selectbox("Target column", columns, key="cfg_target_column",
-                                           index=columns.index("target") if "target" in columns else min(1, len(columns) - 1))
+                                           index=columns.index(guess_target))
+    if values["input_column"] == values["target_column"]:
+        c2.error("Target column: the same column as the input. Pick the column with the expected output.",
+                 icon=":material/error:")
     st.dataframe(pd.DataFrame(head), hide_index=True, width="stretch", key="upload_preview")
 
 field_widget = partial(field_widget, task=builtin_task())  # noqa: F811 (fields start at the task's defaults)

@@ -116,3 +116,67 @@ def test_tune_then_compare_in_a_real_browser(app, page):
     assert all(init in legend for init in ("random", "sample-vocab", "text", "class-label")), legend
     assert "Soft prompt ahead on" in pg.inner_text("body")
     pg.screenshot(path=str(ARTIFACTS / "5-results.png"), full_page=True)
+
+
+def pick(pg, label: str, option: str) -> None:
+    """Choose an option of the selectbox labelled `label` (type to filter, Enter to take it)."""
+    pg.locator("[data-testid=stSelectbox]").filter(has_text=label).locator("input").click()
+    pg.keyboard.type(option)
+    pg.keyboard.press("Enter")
+    pg.wait_for_timeout(1500)
+
+
+def test_a_new_users_own_file_and_task_switch_in_a_real_browser(app, page, tmp_path):
+    """The paths a new user takes first: own CSV on Tune -> Start -> completed; Compare follows a task
+    switch with that task's run; an own file on Compare is scored against its answer column."""
+    pg = page
+    env = {**os.environ, "WORKBENCH_HOME": str(tmp_path / "ws")}
+    qa_run = subprocess.Popen([sys.executable, "-m", "workbench", "tune", "--task", "qa", "--max-steps", "1",
+                               "--virtual-tokens", "2", "--batch-size", "2", "--eval-every", "1",
+                               "--save-every", "1", "--eval-examples", "1"], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    csv = tmp_path / "trivia.csv"
+    csv.write_text("question,answer\n" + "".join(f"What is {a} plus {b}?,{a + b}\n" for a in range(4) for b in range(4)))
+
+    pg.goto(f"{app}/tune")
+    pg.get_by_text("Tune a soft prompt").wait_for()
+    pg.get_by_text("My file").click()
+    pg.get_by_text("Upload a file with one example").wait_for()
+    pg.locator("input[type=file]").set_input_files(str(csv))
+    pg.get_by_text("Target column").wait_for()
+    pg.wait_for_timeout(1500)
+    assert pg.get_by_label("Virtual tokens", exact=True).input_value() == "20"  # general defaults, not blanks
+    assert pg.get_by_label("Input template", exact=True).input_value() == "{input}"
+    pg.get_by_text("Training settings").click()
+    for label, value in [("Max steps", 3), ("Batch size", 2), ("Eval every", 3), ("Save every", 3),
+                         ("Eval examples", 2), ("Max target tokens", 8)]:
+        fill(pg, label, value)
+    pg.screenshot(path=str(ARTIFACTS / "6-tune-own-file.png"), full_page=True)
+    pg.get_by_role("button", name="Start").click()
+    pg.get_by_text("Started run").wait_for()
+    pg.get_by_text("state completed").wait_for(timeout=240_000)
+    pg.screenshot(path=str(ARTIFACTS / "7-tune-own-file-completed.png"), full_page=True)
+    assert qa_run.wait(timeout=240) == 0
+
+    pg.goto(f"{app}/compare")
+    pg.get_by_text("Compare soft and hard prompts").wait_for()
+    pg.wait_for_timeout(1500)
+    systems = pg.locator("[data-testid=stMultiSelect]").filter(has_text="Soft prompts")
+    assert "qa-prompt-tuning" not in systems.inner_text()  # paraphrase has no run: none picked
+    pick(pg, "Task", "qa")
+    assert "qa-prompt-tuning" in systems.inner_text()  # the task's own run follows the switch
+    assert "trivia" not in systems.inner_text()
+    pg.screenshot(path=str(ARTIFACTS / "8-compare-task-switch.png"), full_page=True)
+
+    pg.get_by_text("a file").click()
+    pg.locator("[data-testid=stSidebar] input[type=file]").set_input_files(str(csv))
+    pg.get_by_text("Reference column").wait_for()
+    pg.wait_for_timeout(1500)
+    ref = pg.locator("[data-testid=stSelectbox]").filter(has_text="Reference column").locator("input")
+    assert "answer" in (ref.input_value() + (ref.get_attribute("aria-label") or ""))
+    fill(pg, "Max new tokens", 4)
+    pg.get_by_role("button", name="Compare").click()
+    pg.get_by_text("Mean over inputs").wait_for(timeout=300_000)
+    pg.locator(".js-plotly-plot").first.wait_for()
+    assert "16 inputs" in pg.inner_text("body")
+    pg.screenshot(path=str(ARTIFACTS / "9-compare-own-file.png"), full_page=True)

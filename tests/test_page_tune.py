@@ -91,3 +91,49 @@ def test_picking_a_task_sets_its_tuned_defaults_and_own_data_the_general_ones(ho
     at.selectbox(key="cfg_task").set_value("qa").run()
     assert at.number_input(key="cfg_max_steps").value == TASK_DEFAULTS["qa"].get("max_steps", 200)
     assert at.selectbox(key="cfg_method").value == TASK_DEFAULTS["qa"].get("method", "prompt-tuning")
+
+
+def test_own_file_keeps_working_defaults_and_starts(home, tiny_model_dir):
+    """A user switches Data to their own CSV: the form holds TuneConfig's general defaults (not blanks
+    left by the rerun that asked for the upload), the columns are guessed, and Start trains."""
+    from core.config import TuneConfig
+    general = TuneConfig()
+    at = page()
+    at.radio(key="model_source").set_value("Local folder").run()
+    at.text_input(key="model_folder").set_value(tiny_model_dir)
+    at.radio(key="data_kind").set_value("My file").run()
+    rows = "".join(f"What is word {i}?,word{i}\n" for i in range(12))
+    at.file_uploader(key="upload").upload("qa.csv", ("question,answer\n" + rows).encode()).run()
+    assert not at.exception and not at.error
+    assert at.text_input(key="cfg_task_name").value == "qa-own"  # never the built-in qa task's name
+    assert (at.selectbox(key="cfg_input_column").value, at.selectbox(key="cfg_target_column").value) == (
+        "question", "answer")
+    assert at.number_input(key="cfg_num_virtual_tokens").value == general.num_virtual_tokens
+    assert at.text_input(key="cfg_input_template").value == general.input_template
+    assert at.selectbox(key="cfg_init").value == general.init.value
+    at.radio(key="data_kind").set_value("Built-in task").run()  # away and back: the file stays
+    at.radio(key="data_kind").set_value("My file").run()
+    assert at.selectbox(key="cfg_target_column").value == "answer"
+    for name, value in [("max_steps", 2), ("batch_size", 2), ("eval_every", 2), ("save_every", 2),
+                        ("eval_examples", 2), ("num_virtual_tokens", 2)]:
+        at.number_input(key=f"cfg_{name}").set_value(value)
+    at.button(key="start").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    [summary] = list_runs()
+    run = Run.open(summary["id"])
+    assert run.config().task == "qa-own" and run.config().target_column == "answer"
+    deadline = time.time() + 120
+    while time.time() < deadline and run.status()["state"] not in ("completed", "failed"):
+        time.sleep(0.3)
+    assert run.status()["state"] == "completed", run.status()
+    assert (run.path / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_own_file_with_one_column_twice_is_refused_next_to_the_field(home):
+    at = page()
+    at.radio(key="data_kind").set_value("My file").run()
+    at.file_uploader(key="upload").upload("notes.csv", b"text,label\na,b\nc,d\n").run()
+    at.selectbox(key="cfg_target_column").set_value("text").run()
+    assert any("same column as the input" in e.value for e in at.error)
+    at.button(key="start").click().run()
+    assert list_runs() == []

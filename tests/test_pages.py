@@ -14,7 +14,9 @@ def test_home_lists_builtin_tasks_and_tells_how_to_start(home):
     tasks = at.dataframe[0].value
     assert set(tasks["task"]) == {"paraphrase", "summarisation", "qa", "translation", "sentiment"}
     assert (tasks["test"] > 0).all()
-    assert any("python -m workbench tune" in i.value for i in at.info)
+    assert any("No runs yet" in i.value for i in at.info)  # the three steps, Tune first
+    assert [e.proto.page for e in at.get("page_link")] == ["tune", "compare", "explore"]
+    assert any("python -m workbench tune" in c.value for c in at.caption)
 
 
 def test_home_shows_existing_runs(home, tiny_model_dir, toy_data):

@@ -79,3 +79,17 @@ def test_few_shot_template_holds_k_solved_examples(home):
     assert tpl.count("{input}") == 1 and tpl.endswith(task.spec.hard_prompt)
     assert sum(tpl.count(f" {lab}") for lab in task.spec.labels) >= 3
     assert few_shot_template(task, 3, seed=1) == tpl
+
+
+@pytest.mark.parametrize("columns, expected", [
+    (["question", "answer"], ("question", "answer")),
+    (["answer", "question"], ("question", "answer")),
+    (["id", "Text", "Label"], ("Text", "Label")),
+    (["a", "b", "c"], ("a", "b")),
+    (["reference", "prompt"], ("prompt", "reference")),
+    (["only"], ("only", "only")),
+    (["input", "target"], ("input", "target")),
+])
+def test_one_column_guess_for_every_upload(columns, expected):
+    from core.tasks import guess_columns
+    assert guess_columns(columns) == expected

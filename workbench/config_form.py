@@ -15,10 +15,20 @@ DEFAULTS = TuneConfig()
 TASK_FIELDS = sorted({name for values in TASK_DEFAULTS.values() for name in values}
                      | {"method", "num_virtual_tokens", "init", "learning_rate", "max_steps", "batch_size"})
 ERRORS_KEY = "tune_form_errors"
+OWN_WIDGETS = {"model", "task", "data_path", "input_column", "target_column"}  # drawn by the page itself
 
 
 def key(name: str) -> str:
     return f"cfg_{name}"
+
+
+def keep_form_state() -> None:
+    """Call first on every run of the page. Streamlit drops a widget's state after a run that does
+    not draw it (the page stops to ask for an upload, another method hides its fields), and the
+    widget comes back blank or zero. Writing each value back as session state keeps it."""
+    for name in FIELDS:
+        if name not in OWN_WIDGETS and key(name) in st.session_state:
+            st.session_state[key(name)] = st.session_state[key(name)]
 
 
 def widget_value(name: str, value):
