@@ -24,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.embedmap import load_or_fit  # noqa: E402
-from core.neighbors import ExactCosine, LSHForestIndex, recall_at_k  # noqa: E402
+from core.explore.vocabmap import load_or_fit  # noqa: E402
+from core.explore.neighbors import ExactCosine, LSHForestIndex, recall_at_k  # noqa: E402
 
 TARGETS = {"build_s": 60.0, "reopen_s": 1.0, "place_s": 1.0, "exact_top10_s": 0.2}
 FOREST_SETTINGS = [  # (forest parameters, candidates per query)
@@ -62,7 +62,7 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.safetensors is None:
-        from core.models import DEFAULT_MODEL, resolve_model_dir
+        from core.model.loading import DEFAULT_MODEL, resolve_model_dir
         folder, _ = resolve_model_dir(DEFAULT_MODEL)
         args.safetensors = str(sorted(Path(folder).glob("*.safetensors"))[0])
     anchors = load_embeddings(args.safetensors, args.key)

@@ -8,7 +8,7 @@ against PEFT's / transformers' own `generate`, same inputs, same batch size, gre
    changes its output is reported).
 2. hard prompt with a long fixed prefix (a 4-shot template): transformers' generate, batched.
 Where the speed-up comes from: the same baselines run again on the workbench's own model load,
-whose frozen linear layers use oneDNN (core/kernels.py); what remains is the generator's own
+whose frozen linear layers use oneDNN (core/model/kernels.py); what remains is the generator's own
 part (prefix caches computed once, continuous batching).
 Prints tokens/s and the speed-ups, asserts identical greedy outputs, writes bench-results/generate.json.
 """
@@ -27,10 +27,10 @@ from peft import PeftModel  # noqa: E402
 
 from bench.common import stock_model  # noqa: E402
 from core.config import TuneConfig  # noqa: E402
-from core.formatting import Formatter  # noqa: E402
-from core.generator import Decoding, Generator, System  # noqa: E402
-from core.methods import build_peft_model  # noqa: E402
-from core.models import load_model  # noqa: E402
+from core.generate.formatting import Formatter  # noqa: E402
+from core.generate.generator import Decoding, Generator, System  # noqa: E402
+from core.train.methods import build_peft_model  # noqa: E402
+from core.model.loading import load_model  # noqa: E402
 from core.tasks import few_shot_template, load_task  # noqa: E402
 
 N_INPUTS, N_VIRT, NEW, BATCH = 32, 50, 32, 8

@@ -1,10 +1,10 @@
 """Matmul kernels for the frozen model: PyTorch's default CPU path (MKL sgemm) against oneDNN
-(core/kernels.py) on the bundled model's own linear layers, float32 both.
+(core/model/kernels.py) on the bundled model's own linear layers, float32 both.
 
 Shapes: 8 rows (one decode step of a batch of 8), 160 (a prefill), 640 (a training batch of
 8 x 80 tokens), forward and, for 640, the input-gradient matmul of the backward pass. Also the
 largest difference between the two kernels' outputs. Then the fused elementwise kernels of the
-training step (core/fused.py) against their PyTorch formulas, at the step's shapes (660 rows: 20
+training step (core/model/fused.py) against their PyTorch formulas, at the step's shapes (660 rows: 20
 virtual tokens and 8 x 80 text tokens; 128 labelled rows for the LM head's cross-entropy).
 Writes bench-results/kernels.json.
 """
@@ -19,9 +19,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import timed  # noqa: E402
-from core import fused  # noqa: E402
-from core.kernels import _mm, available  # noqa: E402
-from core.models import load_model  # noqa: E402
+from core.model import fused
+from core.model.kernels import _mm, available  # noqa: E402
+from core.model.loading import load_model  # noqa: E402
 
 
 def main() -> dict:

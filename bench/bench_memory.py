@@ -80,7 +80,7 @@ APP = textwrap.dedent("""
 def main() -> dict:
     with tempfile.TemporaryDirectory() as home:
         sys.path.insert(0, str(REPO))
-        from core.paths import model_cache_dir
+        from core.store.paths import model_cache_dir
         env = {**os.environ, "WORKBENCH_HOME": home, "PYTHONPATH": str(REPO),
                "WORKBENCH_MODEL_CACHE": str(model_cache_dir())}  # the converted model and map, not reconverted
         tune = peak_of([sys.executable, "-m", "workbench", "tune", "--task", "paraphrase", "--steps", "30",

@@ -1,13 +1,13 @@
 """Tuning-step cost on the bundled model: one training step of prompt tuning (20 virtual tokens,
 batch 8, 64-token inputs) against one plain no-grad forward pass over the same batch; PEFT's own
-loss path against the workbench's (core/fastloss.py); the Trainer loop against a bare PyTorch loop.
+loss path against the workbench's (core/train/fastloss.py); the Trainer loop against a bare PyTorch loop.
 
 Forward baselines, all no-grad over the same rows: the base model as the workbench loads it
-(its frozen linear layers on oneDNN, core/kernels.py: the same kernels the step uses), the base
+(its frozen linear layers on oneDNN, core/model/kernels.py: the same kernels the step uses), the base
 model as stock transformers runs it (PyTorch's default CPU matmul), and the PEFT model (its 20
 virtual tokens included). Step and forward are timed alternately, so a busy moment of the
 machine hits both; the other baselines alternate with the forward in a second round. The process keeps its freed memory for the next step, as a training process
-does (core/heap.py). Prints each figure with its ratio and writes bench-results/train_step.json.
+does (core/train/heap.py). Prints each figure with its ratio and writes bench-results/train_step.json.
 """
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import stock_model, timed  # noqa: E402
 from core.config import TuneConfig  # noqa: E402
-from core.fastloss import labelled_loss  # noqa: E402
-from core.formatting import IGNORE, PadCollator  # noqa: E402
-from core.heap import keep_freed_memory  # noqa: E402
-from core.methods import build_peft_model  # noqa: E402
-from core.models import load_model  # noqa: E402
+from core.train.fastloss import labelled_loss  # noqa: E402
+from core.generate.formatting import IGNORE, PadCollator  # noqa: E402
+from core.train.heap import keep_freed_memory  # noqa: E402
+from core.train.methods import build_peft_model  # noqa: E402
+from core.model.loading import load_model  # noqa: E402
 from core.tasks import load_task  # noqa: E402
 
 B, T_IN, T_OUT, N_VIRT, REPS = 8, 64, 16, 20, 5
@@ -113,10 +113,10 @@ def loop_overhead(lm, steps: int = 12) -> dict:
 
     from transformers import TrainerCallback
 
-    from core import training
-    from core.runs import new_run
+    from core.train import training
+    from core.store.runs import new_run
 
-    from core.paths import model_cache_dir
+    from core.store.paths import model_cache_dir
     os.environ["WORKBENCH_MODEL_CACHE"] = str(model_cache_dir())  # keep the converted model, not the runs
     os.environ["WORKBENCH_HOME"] = tempfile.mkdtemp()
     cfg = TuneConfig(num_virtual_tokens=N_VIRT, max_steps=steps, batch_size=B, eval_every=10_000,

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core.models import load_model  # noqa: E402
+from core.model.loading import load_model  # noqa: E402
 
 
 def timed(fn, reps: int = 5, warmup: int = 2) -> float:
@@ -24,7 +24,7 @@ def timed(fn, reps: int = 5, warmup: int = 2) -> float:
 
 
 def stock_model():
-    """The bundled model with PyTorch's default CPU matmul (no oneDNN kernels, core/kernels.py)."""
+    """The bundled model with PyTorch's default CPU matmul (no oneDNN kernels, core/model/kernels.py)."""
     os.environ["WORKBENCH_ONEDNN"] = "0"
     try:
         return load_model("smollm2-135m-instruct").model

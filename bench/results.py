@@ -29,12 +29,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.bench_memory import measured  # noqa: E402
-from core.compare import CompareSpec, hard_systems, run_comparison, soft_system  # noqa: E402
+from core.evaluate.compare import CompareSpec, hard_systems, run_comparison, soft_system  # noqa: E402
 from core.config import TuneConfig  # noqa: E402
-from core.generator import Generator, System  # noqa: E402
-from core.paths import read_json  # noqa: E402
-from core.report import machine, run_for_config  # noqa: E402
-from core.runs import Run  # noqa: E402
+from core.generate.generator import Generator, System  # noqa: E402
+from core.store.paths import read_json  # noqa: E402
+from core.evaluate.report import machine, run_for_config  # noqa: E402
+from core.store.runs import Run  # noqa: E402
 from core.tasks import BUILTIN, load_task  # noqa: E402
 
 SHOTS = 4
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     p.add_argument("--tag", default="", help="extra run-id prefix (keeps experiments apart)")
     p.add_argument("--readme", action="store_true", help="write the table into README.md")
     a = p.parse_args(argv)
-    from core.models import load_model
+    from core.model.loading import load_model
 
     overrides, rows, gen = parse_sets(a.set), [], None
     for name in a.tasks:

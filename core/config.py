@@ -8,10 +8,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from core.paths import WorkbenchError
+from core.store.paths import WorkbenchError
 
 
-_DEFAULT_MODEL = "smollm2-135m-instruct"  # core.models.DEFAULT_MODEL (not imported: it loads torch)
+_DEFAULT_MODEL = "smollm2-135m-instruct"  # core.model.loading.DEFAULT_MODEL (not imported: it loads torch)
 
 
 class Method(str, enum.Enum):

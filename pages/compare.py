@@ -1,11 +1,11 @@
 """Compare: the same inputs through soft prompts, hard prompts and the bare model, side by side."""
 import streamlit as st
 
-from core.compare import CompareSpec, hard_systems, run_comparison, soft_system, stored
-from core.generator import Decoding
-from core.models import DEFAULT_MODEL
-from core.paths import WorkbenchError
-from core.runs import list_runs
+from core.evaluate.compare import CompareSpec, hard_systems, run_comparison, soft_system, stored
+from core.generate.generator import Decoding
+from core.model.loading import DEFAULT_MODEL
+from core.store.paths import WorkbenchError
+from core.store.runs import list_runs
 from core.tasks import BUILTIN, guess_columns, load_records, load_task, peek, save_upload
 from workbench.compare_view import render_metrics, render_rows
 from workbench.state import generator, sentence_embedder

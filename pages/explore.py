@@ -2,12 +2,12 @@
 graph, and each virtual token's nearest tokens (exact cosine against the LSH forest)."""
 import streamlit as st
 
-from core.explore import (GRAPHISTRY_HELP, P_TUNING_NOTE, PREFIX_MESSAGE, graphistry_settings, graphistry_upload,
+from core.explore.prompts import (GRAPHISTRY_HELP, P_TUNING_NOTE, PREFIX_MESSAGE, graphistry_settings, graphistry_upload,
                           map_settings, neighbour_table, prompt_runs, run_prompts, search_tokens,
                           table_bytes, vocab_graph)
-from core.paths import WorkbenchError
-from core.runs import Run, list_runs
-from core.vocabgraph import prompt_points
+from core.store.paths import WorkbenchError
+from core.store.runs import Run, list_runs
+from core.explore.vocabgraph import prompt_points
 from workbench.explore_view import (graph_figure, labels, lsh_forest, map_figure, run_colors, token_norm,
                                     vocab_map)
 from workbench.state import base_model

@@ -2,8 +2,8 @@
 import pandas as pd
 import streamlit as st
 
-from core.models import DEFAULT_MODEL
-from core.paths import WorkbenchError, workspace
+from core.model.loading import DEFAULT_MODEL
+from core.store.paths import WorkbenchError, workspace
 from workbench.links import page_link
 from workbench.state import builtin_tasks, runs_table, task_preview
 

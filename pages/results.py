@@ -1,15 +1,15 @@
 """Results: what prompt tuning buys on the bundled model. The soft prompt of each task's defaults
-against its hard prompts (bench/results.py), and prompt length x init strategy (core/report.py),
+against its hard prompts (bench/results.py), and prompt length x init strategy (core/evaluate/report.py),
 as shipped with the project and as run on this machine."""
 import time
 
 import pandas as pd
 import streamlit as st
 
-from core import report as rep
-from core.charts import report_figure
-from core.jobs import spawn
-from core.paths import REPO_ROOT, read_json
+from core.evaluate import report as rep
+from workbench.charts import report_figure
+from core.store.jobs import spawn
+from core.store.paths import REPO_ROOT, read_json
 from core.tasks import BUILTIN
 
 st.title("Results")

@@ -5,10 +5,10 @@ import json
 import pandas as pd
 import streamlit as st
 
-from core.charts import loss_figure
-from core.paths import WorkbenchError
-from core.prompt_vectors import adapter_zip, input_space_vectors, nearest_tokens
-from core.runs import Run, list_runs
+from workbench.charts import loss_figure
+from core.store.paths import WorkbenchError
+from core.model.adapters import adapter_zip, input_space_vectors, nearest_tokens
+from core.store.runs import Run, list_runs
 from workbench.run_view import run_summary
 from workbench.state import base_model, vocab_index
 

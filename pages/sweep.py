@@ -5,11 +5,11 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
-from core import sweep as sweeps
-from core.charts import sweep_figure
+from core.train import sweep as sweeps
+from workbench.charts import sweep_figure
 from core.config import ConfigError, with_task_defaults
-from core.models import DEFAULT_MODEL
-from core.paths import WorkbenchError
+from core.model.loading import DEFAULT_MODEL
+from core.store.paths import WorkbenchError
 from core.tasks import BUILTIN
 from workbench.config_form import FIELDS, apply_defaults, field_widget
 from workbench.run_view import STATE_ICONS

@@ -5,9 +5,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import jobs
-from core.models import DEFAULT_MODEL, resolve_model_dir
-from core.paths import WorkbenchError
+from core.store import jobs
+from core.model.loading import DEFAULT_MODEL, resolve_model_dir
+from core.store.paths import WorkbenchError
 from core.tasks import BUILTIN, guess_columns, peek, save_upload
 
 from workbench.config_form import ERRORS_KEY, FIELDS, apply_defaults, build_config, field_widget, keep_form_state

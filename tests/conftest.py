@@ -25,14 +25,14 @@ def home(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def bundled_dir():
-    from core.models import resolve_model_dir
+    from core.model.loading import resolve_model_dir
     return resolve_model_dir("smollm2-135m-instruct")[0]
 
 
 @pytest.fixture(scope="session")
 def tokenizer(bundled_dir):
     from transformers import AutoTokenizer
-    from core.models import prepare_tokenizer
+    from core.model.loading import prepare_tokenizer
     tok = AutoTokenizer.from_pretrained(bundled_dir)
     prepare_tokenizer(tok)
     return tok

@@ -3,7 +3,7 @@ and key/value caches kept aligned, right-aligned at the newest token."""
 import torch
 from transformers import DynamicCache
 
-from core.batching import ActiveRows
+from core.generate.batching import ActiveRows
 
 H, D = 2, 4  # heads, head size
 

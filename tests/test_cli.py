@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from core.runs import list_runs
+from core.store.runs import list_runs
 from workbench.cli import main, parser
 from tests.conftest import tiny_config
 
@@ -40,14 +40,14 @@ def test_tune_runs_then_lists_then_generates(home, capsys, tiny_model_dir, toy_d
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["id"] == "cli-run" and rows[0]["state"] == "completed"
     assert main(["generate", "--run", "cli-run", "--input", "Say apple", "--max-new-tokens", "3"]) == 0
-    from core.generation import load_run_model
-    from core.training import generate_texts
+    from core.generate.peft_model import load_run_model
+    from core.train.training import generate_texts
     model, fmt = load_run_model("cli-run")
     assert capsys.readouterr().out == generate_texts(model, fmt, ["Say apple"], max_new_tokens=3)[0] + "\n"
 
 
 def test_tune_on_a_built_in_task_takes_its_tuned_defaults(home, capsys, tiny_model_dir):
-    from core.runs import Run
+    from core.store.runs import Run
     from core.tasks import TASK_DEFAULTS
     assert main(["tune", "--run-id", "preset", "--model", tiny_model_dir, "--task", "sentiment", "--steps", "1",
                  "--virtual-tokens", "2", "--batch-size", "2", "--eval-examples", "2"]) == 0
@@ -67,7 +67,7 @@ def test_bad_run_ids_get_a_message_not_a_traceback(home, capsys, cmd):
 
 def test_import_adapter_round_trip(home, capsys, tiny_model_dir, toy_data, tmp_path):
     assert main(["tune", "--run-id", "src"] + _flags(tiny_config(tiny_model_dir, toy_data, max_steps=1))) == 0
-    from core.runs import Run
+    from core.store.runs import Run
     src = Run.open("src").adapter_dir
     assert main(["import-adapter", str(src), "--model", tiny_model_dir, "--task", "toy"]) == 0
     imported = [r for r in list_runs() if r["id"] != "src"][0]

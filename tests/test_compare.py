@@ -5,13 +5,13 @@ import json
 
 import pytest
 
-from core import training
-from core.compare import (CompareSpec, cache_key, disagreeing, hard_systems, run_comparison, soft_loses,
+from core.train import training
+from core.evaluate.compare import (CompareSpec, cache_key, disagreeing, hard_systems, run_comparison, soft_loses,
                           soft_system, to_csv, to_json)
-from core.generator import Decoding, Generator
-from core.models import load_model
-from core.paths import WorkbenchError
-from core.runs import new_run
+from core.generate.generator import Decoding, Generator
+from core.model.loading import load_model
+from core.store.paths import WorkbenchError
+from core.store.runs import new_run
 from core.tasks import load_task
 from tests.conftest import tiny_config
 

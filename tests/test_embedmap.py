@@ -1,9 +1,9 @@
-"""core.embedmap: the fixed UMAP map, placement of new vectors, the on-disk cache."""
+"""core.explore.vocabmap: the fixed UMAP map, placement of new vectors, the on-disk cache."""
 import numpy as np
 import pytest
 import scipy.sparse
 
-from core.embedmap import (StaleMapError, VocabMap, load_or_fit, membership_strengths,
+from core.explore.vocabmap import (StaleMapError, VocabMap, load_or_fit, membership_strengths,
                            weighted_positions)
 
 RNG = np.random.default_rng(1)

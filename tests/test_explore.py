@@ -1,4 +1,4 @@
-"""core.explore: prompt sources, map settings and cache folder, labels and search, the neighbour
+"""core.explore.prompts: prompt sources, map settings and cache folder, labels and search, the neighbour
 table, the graph on a subsample, export bytes, Graphistry settings and upload (with a fake client)."""
 import io
 import json
@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 from safetensors.numpy import save_file
 
-from core import explore
-from core.explore import (graphistry_plotter, graphistry_settings, graphistry_upload, load_prompt, map_cache_dir,
+from core.explore import prompts as explore
+from core.explore.prompts import (graphistry_plotter, graphistry_settings, graphistry_upload, load_prompt, map_cache_dir,
                           map_settings, neighbour_table, prompt_sources, run_prompts, search_tokens, table_bytes,
                           token_labels, vocab_graph)
-from core.neighbors import ExactCosine, LSHForestIndex
-from core.paths import WorkbenchError
-from core.runs import Run
-from core.vocabgraph import n_components, prompt_points
+from core.explore.neighbors import ExactCosine, LSHForestIndex
+from core.store.paths import WorkbenchError
+from core.store.runs import Run
+from core.explore.vocabgraph import n_components, prompt_points
 from tests.test_vocabgraph import ANCHORS, LABELS, StubMap
 
 RNG = np.random.default_rng(3)

@@ -3,10 +3,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from core.config import TuneConfig
-from core import fastloss, flatstack, fused
-from core.fastloss import labelled_loss
-from core.formatting import EncodedDataset, Formatter, PadCollator
-from core.methods import build_peft_model
+from core.train import fastloss
+from core.train import flatstack
+from core.model import fused
+from core.train.fastloss import labelled_loss
+from core.generate.formatting import EncodedDataset, Formatter, PadCollator
+from core.train.methods import build_peft_model
 
 
 LAYOUTS = ["stack", "stack, PyTorch ops, separate weights", "flat", "broadcast past"]

@@ -24,17 +24,17 @@ import torch
 from streamlit.testing.v1 import AppTest
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer
 
-import core.generation as generation
-import core.training as training
-from core.compare import CompareSpec, run_comparison, soft_system
+import core.generate.peft_model as generation
+import core.train.training as training
+from core.evaluate.compare import CompareSpec, run_comparison, soft_system
 from core.config import ConfigError, TuneConfig
-from core.generator import Decoding, Generator
-from core.methods import build_peft_model
-from core.models import load_model, resolve_model_dir
-from core.neighbors import ExactCosine
-from core.paths import WorkbenchError, run_path, safe_filename
-from core.prompt_vectors import input_space_vectors, nearest_tokens
-from core.runs import Run, _alive, import_adapter, list_runs, new_run
+from core.generate.generator import Decoding, Generator
+from core.train.methods import build_peft_model
+from core.model.loading import load_model, resolve_model_dir
+from core.explore.neighbors import ExactCosine
+from core.store.paths import WorkbenchError, run_path, safe_filename
+from core.model.adapters import input_space_vectors, nearest_tokens
+from core.store.runs import Run, _alive, import_adapter, list_runs, new_run
 from core.tasks import load_records, load_task, peek, save_upload
 from tests.conftest import REPO, tiny_config
 from workbench.cli import main
@@ -382,11 +382,11 @@ def test_a_run_outlives_the_app_and_a_sigkill_loses_at_most_one_checkpoint_inter
         return subprocess.run([sys.executable, "-c", code, run.id], env=env, cwd=REPO, capture_output=True,
                               text=True, timeout=60, check=True).stdout.strip()
     # the "app" starts the run (python -m workbench tune --run-dir ...) and exits; the run goes on
-    pid = int(py("import sys; from core import jobs; from core.runs import Run; "
+    pid = int(py("import sys; from core.store import jobs; from core.store.runs import Run; "
                  "print(jobs.launch(Run.open(sys.argv[1])))"))
     try:
         assert wait(lambda: len(run.checkpoints()) >= 2, 150), (run.path / "log.txt").read_text()[-2000:]
-        assert py("import sys; from core.runs import Run; print(Run.open(sys.argv[1]).status()['state'])") == "running"
+        assert py("import sys; from core.store.runs import Run; print(Run.open(sys.argv[1]).status()['state'])") == "running"
         at = page("runs.py")  # a restarted app lists it as running
         assert dict(zip(at.dataframe[0].value["id"], at.dataframe[0].value["state"]))[run.id] == "running"
     finally:
@@ -596,7 +596,7 @@ def test_no_pickle_anywhere_in_the_app():
 def test_trust_remote_code_is_off_by_default_and_comes_only_from_the_config(home, tiny_model_dir, toy_data,
                                                                             adapters, monkeypatch):
     import inspect
-    import core.models as models
+    import core.model.loading as models
     assert TuneConfig().trust_remote_code is False
     assert resolve_model_dir(tiny_model_dir)[1]["trust_remote_code"] is False
     for fn in (models.load_model, models.resolve_model_dir, models.model_config):

@@ -1,4 +1,4 @@
-from core.formatting import IGNORE, EncodedDataset, Formatter, PadCollator
+from core.generate.formatting import IGNORE, EncodedDataset, Formatter, PadCollator
 
 
 def test_labels_cover_only_the_target_and_eos(tokenizer):

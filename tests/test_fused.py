@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core import fused
+from core.model import fused
 
 needs_c = pytest.mark.skipif(not fused.available(), reason="no C compiler to build the fused kernels")
 

@@ -5,10 +5,10 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from core.config import TuneConfig
-from core.formatting import Formatter
-from core.generator import Decoding, Generator, System, _common_prefix
-from core.methods import build_peft_model
-from core.models import load_model
+from core.generate.formatting import Formatter
+from core.generate.generator import Decoding, Generator, System, _common_prefix
+from core.train.methods import build_peft_model
+from core.model.loading import load_model
 
 INPUTS = ["Say apple", "Say a much longer thing please", "Say river", "x"]
 METHODS = [dict(method="prompt-tuning", init="random"), dict(method="p-tuning", encoder_type="mlp"),

@@ -7,7 +7,7 @@ import pytest
 
 SCRIPT = r"""
 import resource, sys, torch
-from core.heap import keep_freed_memory
+from core.train.heap import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def step():  # a step's activations: many blocks of a few MB, all freed at its end
@@ -31,7 +31,7 @@ def test_a_step_reuses_the_pages_the_one_before_freed():
 
 
 def test_turned_off_by_the_environment(monkeypatch):
-    from core import heap
+    from core.train import heap
     monkeypatch.setenv("WORKBENCH_KEEP_HEAP", "0")
     heap.keep_freed_memory.cache_clear()
     try:

@@ -6,9 +6,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from core import training
-from core.generation import load_run_model
-from core.runs import new_run
+from core.train import training
+from core.generate.peft_model import load_run_model
+from core.store.runs import new_run
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.integration
@@ -90,8 +90,8 @@ def test_resume_on_the_real_model_continues_from_the_checkpoint(trained):
 def test_kv_cached_batched_generator_equals_peft_generate(trained, bundled_dir, method):
     """Left-padded batches of different lengths, shared prefix cached once: same greedy tokens as
     PEFT's generate on each input alone (and as use_cache=False where PEFT supports it)."""
-    from core.generator import Decoding, Generator, System
-    from core.models import load_model
+    from core.generate.generator import Decoding, Generator, System
+    from core.model.loading import load_model
     run, _ = trained[method]
     cfg = run.config()
     lm = load_model("smollm2-135m-instruct")
@@ -115,8 +115,8 @@ def test_finished_rows_leave_the_batch_and_the_others_go_on_unchanged():
     """Greedy: a row that stops early is dropped from the batch (its cache rows sliced away); every
     other row must produce exactly what it produces when no row stops (the tiny test model only
     repeats one token, so this runs on the bundled model)."""
-    from core.generator import Decoding, Generator, System
-    from core.models import load_model
+    from core.generate.generator import Decoding, Generator, System
+    from core.model.loading import load_model
     lm = load_model("smollm2-135m-instruct")
     gen = Generator(lm.model, lm.tokenizer, batch_size=4)
     system = System("bare", "{input}", "plain")
@@ -136,9 +136,9 @@ def test_finished_rows_leave_the_batch_and_the_others_go_on_unchanged():
 def test_continuous_batching_gives_every_row_what_it_gets_alone(monkeypatch):
     """Greedy rows that end early make room for waiting rows, which are prefilled and join the
     running batch; each row's output must be exactly its output in a batch of its own."""
-    from core import batching
-    from core.generator import Decoding, Generator, System
-    from core.models import load_model
+    from core.generate import batching
+    from core.generate.generator import Decoding, Generator, System
+    from core.model.loading import load_model
     lm = load_model("smollm2-135m-instruct")
     system = System("bare", "{input}", "plain")
     inputs = ["The capital of France is", "My favourite colour is", "Two plus two equals", "Once upon a time",

@@ -1,8 +1,8 @@
 """Runs as processes: two at once, or a queue that trains one at a time."""
 import time
 
-from core import jobs
-from core.runs import Run
+from core.store import jobs
+from core.store.runs import Run
 from tests.conftest import tiny_config
 
 

@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from core import kernels
-from core.kernels import FrozenLinear, use_onednn
-from core.models import load_model
+from core.model import kernels
+from core.model.kernels import FrozenLinear, use_onednn
+from core.model.loading import load_model
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="this PyTorch build has no oneDNN")
 

@@ -3,8 +3,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from core.config import TuneConfig
-from core.methods import build_peft_model, frequent_token_ids, label_vectors, prompt_vectors
-from core.models import freeze
+from core.train.methods import build_peft_model, frequent_token_ids, label_vectors, prompt_vectors
+from core.model.loading import freeze
 
 
 def tiny(tiny_model_dir):

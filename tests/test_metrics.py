@@ -1,13 +1,13 @@
-"""core.metrics and core.similarity: hand-computed values, bootstrap behaviour, input checks."""
+"""core.evaluate.metrics and core.evaluate.similarity: hand-computed values, bootstrap behaviour, input checks."""
 import math
 
 import numpy as np
 import pytest
 import sacrebleu
 
-from core import metrics as M
-from core import similarity
-from core.paths import WorkbenchError
+from core.evaluate import metrics as M
+from core.evaluate import similarity
+from core.store.paths import WorkbenchError
 
 
 # ---- SQuAD-style text metrics ----

@@ -1,9 +1,9 @@
-"""core.neighbors: exact cosine top-k, the MinHash LSH forest, recall."""
+"""core.explore.neighbors: exact cosine top-k, the MinHash LSH forest, recall."""
 import numpy as np
 import pytest
 from datasketch import MinHash
 
-from core.neighbors import ExactCosine, LSHForestIndex, recall_at_k
+from core.explore.neighbors import ExactCosine, LSHForestIndex, recall_at_k
 
 RNG = np.random.default_rng(0)
 ANCHORS = RNG.standard_normal((400, 24)).astype(np.float32)  # (V, D)

@@ -5,8 +5,8 @@ from streamlit.testing.v1 import AppTest
 from transformers import AutoModelForCausalLM
 
 from core.config import TuneConfig
-from core.methods import build_peft_model
-from core.runs import import_adapter
+from core.train.methods import build_peft_model
+from core.store.runs import import_adapter
 from tests.conftest import REPO
 
 PAGE = str(REPO / "pages" / "compare.py")

@@ -3,7 +3,7 @@ the task, and an uploaded file's reference column is guessed, previewed and neve
 from streamlit.testing.v1 import AppTest
 
 from core.config import TuneConfig
-from core.runs import new_run
+from core.store.runs import new_run
 from tests.conftest import REPO
 
 PAGE = str(REPO / "pages" / "compare.py")

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import explore, training
-from core.runs import new_run
+from core.explore import prompts as explore
+
+from core.train import training
+from core.store.runs import new_run
 from tests.conftest import REPO, tiny_config
 
 PAGE = str(REPO / "pages" / "explore.py")

@@ -4,8 +4,8 @@ import zipfile
 
 from streamlit.testing.v1 import AppTest
 
-from core import training
-from core.runs import new_run
+from core.train import training
+from core.store.runs import new_run
 from tests.conftest import REPO, tiny_config
 
 PAGE = str(REPO / "pages" / "runs.py")
@@ -46,7 +46,7 @@ def test_open_one_run_then_overlay_two(home, tiny_model_dir, toy_data):
 def test_adapter_zip_holds_a_loadable_adapter(home, tiny_model_dir, toy_data, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-    from core.prompt_vectors import adapter_zip
+    from core.model.adapters import adapter_zip
     a, _ = trained_runs(tiny_model_dir, toy_data)
     zipfile.ZipFile(io.BytesIO(adapter_zip(a.adapter_dir))).extractall(tmp_path)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(tmp_path / "adapter"))

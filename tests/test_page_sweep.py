@@ -2,7 +2,7 @@
 import os
 import time
 
-from core import sweep as sweeps
+from core.train import sweep as sweeps
 from core.tasks import TASK_DEFAULTS
 from tests.conftest import open_page
 

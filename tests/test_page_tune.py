@@ -1,7 +1,7 @@
 """Tune page with AppTest: the generated form, validation next to fields, start, status, cancel."""
 import time
 
-from core.runs import Run, list_runs
+from core.store.runs import Run, list_runs
 from tests.conftest import open_page
 
 

@@ -1,7 +1,7 @@
 """Page smoke tests with streamlit's AppTest (no browser)."""
 from streamlit.testing.v1 import AppTest
 
-from core.runs import new_run
+from core.store.runs import new_run
 from tests.conftest import REPO, tiny_config
 
 APP = str(REPO / "workbench" / "app.py")

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from core import report as rep
-from core.charts import report_figure
-from core.paths import WorkbenchError
-from core.runs import list_runs
+from core.evaluate import report as rep
+from workbench.charts import report_figure
+from core.store.paths import WorkbenchError
+from core.store.runs import list_runs
 from tests.conftest import open_page
 
 SMALL = {"max_steps": 1, "batch_size": 2, "eval_examples": 2, "eval_every": 1, "save_every": 1}
@@ -55,7 +55,7 @@ def test_report_figure_has_one_line_per_init(sentiment_report):
 
 
 def test_results_page_shows_the_report_and_starts_one(sentiment_report, monkeypatch):
-    from core import jobs
+    from core.store import jobs
     _, _, home, _ = sentiment_report
     monkeypatch.setenv("WORKBENCH_HOME", str(home))
     spawned = []

@@ -6,10 +6,10 @@ import time
 import optuna
 import pytest
 
-from core import sweep as sweeps
-from core.charts import sweep_figure
+from core.train import sweep as sweeps
+from workbench.charts import sweep_figure
 from core.config import ConfigError, TuneConfig
-from core.runs import Run, list_runs
+from core.store.runs import Run, list_runs
 from tests.conftest import tiny_config
 from workbench.cli import main
 

@@ -10,8 +10,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-import core.training as training
-from core.runs import Run, list_runs, new_run
+import core.train.training as training
+from core.store.runs import Run, list_runs, new_run
 from tests.conftest import REPO, tiny_config
 
 

@@ -1,10 +1,10 @@
-"""core.vocabgraph: kNN graph, spanning tree, prompt attachment, node/edge tables, export."""
+"""core.explore.vocabgraph: kNN graph, spanning tree, prompt attachment, node/edge tables, export."""
 import numpy as np
 import pandas as pd
 import pytest
 
-from core.neighbors import ExactCosine, LSHForestIndex
-from core.vocabgraph import (PromptPoints, anchor_neighbors, export, graph_tables, knn_graph, map_graph,
+from core.explore.neighbors import ExactCosine, LSHForestIndex
+from core.explore.vocabgraph import (PromptPoints, anchor_neighbors, export, graph_tables, knn_graph, map_graph,
                              n_components, prompt_points, spanning_tree)
 
 RNG = np.random.default_rng(2)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from core.config import ConfigError, TuneConfig, with_task_defaults
-from core.paths import WorkbenchError
+from core.store.paths import WorkbenchError
 
 ALIASES = {"max_steps": ["--steps"], "num_virtual_tokens": ["--virtual-tokens"]}
 
@@ -92,7 +92,7 @@ def _progress_printer(total: int):
 
 
 def _train(run, resume: bool) -> int:
-    from core.training import train
+    from core.train.training import train
 
     update, bar = _progress_printer(run.config().max_steps)
     st = train(run, resume=resume, progress=update)
@@ -104,7 +104,7 @@ def _train(run, resume: bool) -> int:
 
 
 def cmd_tune(a) -> int:
-    from core.runs import Run, new_run
+    from core.store.runs import Run, new_run
 
     if a.run_dir:
         path = Path(a.run_dir).resolve()
@@ -120,7 +120,7 @@ def cmd_tune(a) -> int:
 
 def _shared_run(cfg: TuneConfig, run_id: str | None):
     """The main process creates the run folder; the others wait for it and open the same run."""
-    from core.runs import Run, new_run
+    from core.store.runs import Run, new_run
 
     if not run_id:
         raise WorkbenchError("Under accelerate launch with several processes, name the run: add --run-id NAME.")
@@ -139,7 +139,7 @@ def _outside(path: Path):
 
 
 def cmd_runs(a) -> int:
-    from core.runs import list_runs
+    from core.store.runs import list_runs
 
     rows = list_runs()
     if a.json:
@@ -156,8 +156,8 @@ def cmd_runs(a) -> int:
 
 
 def cmd_generate(a) -> int:
-    from core.generation import load_run_model
-    from core.training import generate_texts
+    from core.generate.peft_model import load_run_model
+    from core.train.training import generate_texts
 
     model, fmt = load_run_model(a.run)
     for text, out in zip(a.input, generate_texts(model, fmt, a.input, max_new_tokens=a.max_new_tokens)):
@@ -166,7 +166,7 @@ def cmd_generate(a) -> int:
 
 
 def cmd_cancel(a) -> int:
-    from core.jobs import cancel
+    from core.store.jobs import cancel
 
     outcome = cancel(a.run)
     print(f"run {a.run}: {'asked to save and stop' if outcome == 'stopping' else outcome}")
@@ -174,7 +174,7 @@ def cmd_cancel(a) -> int:
 
 
 def cmd_sweep(a) -> int:
-    from core.sweep import Sweep, new_sweep
+    from core.train.sweep import Sweep, new_sweep
 
     if a.sweep:
         sweep = Sweep.open(a.sweep)
@@ -204,7 +204,7 @@ def cmd_sweep(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from core import report as rep
+    from core.evaluate import report as rep
 
     def show(r: dict) -> None:
         p = r["points"][-1]
@@ -225,18 +225,18 @@ def main(argv=None) -> int:
         if a.cmd == "tune":
             return cmd_tune(a)
         if a.cmd == "resume":
-            from core.runs import Run
+            from core.store.runs import Run
             return _train(Run.open(a.run), resume=True)
         if a.cmd == "worker":
-            from core.jobs import worker_loop
+            from core.store.jobs import worker_loop
             print(f"worker: trained {worker_loop()} queued run(s)")
             return 0
         if a.cmd == "delete":
-            from core.runs import delete_run
+            from core.store.runs import delete_run
             delete_run(a.run)
             return 0
         if a.cmd == "import-adapter":
-            from core.runs import import_adapter
+            from core.store.runs import import_adapter
             print(f"imported as run {import_adapter(a.path, a.model, a.task).id}")
             return 0
         return {"runs": cmd_runs, "generate": cmd_generate, "cancel": cmd_cancel, "sweep": cmd_sweep,

@@ -6,9 +6,9 @@ import re
 import pandas as pd
 import streamlit as st
 
-from core.charts import metric_figure
-from core.compare import disagreeing, soft_loses, table_rows, to_csv, to_json
-from core.metrics import token_f1
+from workbench.charts import metric_figure
+from core.evaluate.compare import disagreeing, soft_loses, table_rows, to_csv, to_json
+from core.evaluate.metrics import token_f1
 
 
 def summary_table(result: dict) -> pd.DataFrame:

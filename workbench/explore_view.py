@@ -10,12 +10,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.charts import PALETTE
-from core.embedmap import load_or_fit
-from core.explore import PromptSource, map_cache_dir, map_settings, token_labels
-from core.models import embedding_matrix
-from core.neighbors import LSHForestIndex
-from core.vocabgraph import PromptPoints
+from workbench.charts import PALETTE
+from core.explore.vocabmap import load_or_fit
+from core.explore.prompts import PromptSource, map_cache_dir, map_settings, token_labels
+from core.model.loading import embedding_matrix
+from core.explore.neighbors import LSHForestIndex
+from core.explore.vocabgraph import PromptPoints
 from workbench.state import base_model
 
 ANCHOR_COLOR = "rgba(100, 116, 139, 0.35)"

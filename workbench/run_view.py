@@ -8,10 +8,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import jobs
-from core.charts import loss_figure
-from core.paths import WorkbenchError
-from core.runs import Run, delete_run
+from core.store import jobs
+from workbench.charts import loss_figure
+from core.store.paths import WorkbenchError
+from core.store.runs import Run, delete_run
 
 POLL_SECONDS = 2.0
 STATE_ICONS = {"queued": ":material/schedule:", "starting": ":material/rocket_launch:",

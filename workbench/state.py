@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.runs import list_runs
+from core.store.runs import list_runs
 from core.tasks import BUILTIN, load_task
 
 
@@ -25,27 +25,27 @@ def builtin_tasks() -> list[str]:
 @st.cache_resource(show_spinner="Loading the model…")
 def base_model(spec: str, trust_remote_code: bool = False):
     """The frozen base model and tokenizer, loaded once per model spec for the whole app."""
-    from core.models import load_model
+    from core.model.loading import load_model
     return load_model(spec, trust_remote_code)
 
 
 @st.cache_resource(show_spinner="Indexing the vocabulary…")
 def vocab_index(spec: str):
     """Exact-cosine index over the model's input embeddings (mean-centred)."""
-    from core.models import embedding_matrix
-    from core.neighbors import ExactCosine
+    from core.model.loading import embedding_matrix
+    from core.explore.neighbors import ExactCosine
     return ExactCosine().fit(embedding_matrix(base_model(spec).model).numpy())
 
 
 @st.cache_resource(show_spinner=False)
 def generator(spec: str):
     """One KV-cached generator per model; it keeps soft-prompt prefix caches between comparisons."""
-    from core.generator import Generator
+    from core.generate.generator import Generator
     lm = base_model(spec)
     return Generator(lm.model, lm.tokenizer)
 
 
 @st.cache_resource(show_spinner="Loading the sentence-embedding model…")
 def sentence_embedder():
-    from core.similarity import SentenceEmbedder
+    from core.evaluate.similarity import SentenceEmbedder
     return SentenceEmbedder()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import TuneConfig
-from core.paths import IdFolder, WorkbenchError, check_run_id, read_json, run_path, runs_dir, write_json_atomic
+from core.store.paths import IdFolder, WorkbenchError, check_run_id, read_json, run_path, runs_dir, write_json_atomic
 
 ACTIVE = ("queued", "starting", "running")
 PROMPT_PEFT_TYPES = {"PROMPT_TUNING": "prompt-tuning", "P_TUNING": "p-tuning", "PREFIX_TUNING": "prefix-tuning"}
@@ -146,8 +146,8 @@ def delete_run(run_id: str) -> None:
 def import_adapter(src: str | Path, model: str = "smollm2-135m-instruct", task: str = "imported",
                    run_id: str | None = None) -> Run:
     """Copy a PEFT soft-prompt adapter trained elsewhere into a new run (state: completed)."""
-    from core.models import model_config
-    from core.prompt_vectors import adapter_prompt, check_adapter_fits
+    from core.model.loading import model_config
+    from core.model.adapters import adapter_prompt, check_adapter_fits
 
     src = Path(src).expanduser()
     try:

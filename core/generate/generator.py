@@ -10,7 +10,7 @@ cache is left-padded to the longest one, its own tokens follow, and position ids
 explicitly, so every row sees exactly the positions it would see alone.
 
 Soft prompts are read straight from the adapter file (`prompt_embeddings`, see
-core/prompt_vectors.py): input-space vectors for prompt tuning / P-tuning, per-layer keys and
+core/model/adapters.py): input-space vectors for prompt tuning / P-tuning, per-layer keys and
 values for prefix tuning, laid out as PEFT's `get_prompt` lays them out.
 """
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
-from core.batching import ActiveRows
-from core.formatting import Formatter
-from core.paths import read_json
-from core.prompt_vectors import adapter_prompt, check_adapter_fits
+from core.generate.batching import ActiveRows
+from core.generate.formatting import Formatter
+from core.store.paths import read_json
+from core.model.adapters import adapter_prompt, check_adapter_fits
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (B, H, L, d)
 

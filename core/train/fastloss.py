@@ -19,7 +19,7 @@ Two savings over PEFT's forward, with the same loss and gradients (tested):
   (tokens x vocabulary) logits live in one buffer for a moment instead of four that autograd
   keeps until the backward pass.
 In float32 on the CPU the flat pass of a llama model goes through the decoder stack written out
-in core/flatstack.py (same results, its own backward), which also runs the last layer only where
+in core/train/flatstack.py (same results, its own backward), which also runs the last layer only where
 the loss reads it. `bench/bench_train_step.py` measures all of it.
 """
 from __future__ import annotations
@@ -28,9 +28,11 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from core import flatstack, fused
-from core.formatting import IGNORE
-from core.kernels import frozen_matmul
+from core.train import flatstack
+
+from core.model import fused
+from core.generate.formatting import IGNORE
+from core.model.kernels import frozen_matmul
 
 FLAT_ATTENTION = "workbench_flat_prompt"
 _FLAT_MODELS = {"llama"}  # rotary positions from position_ids, attention through the attention interface

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from core.config import TuneConfig
-from core.paths import REPO_ROOT, WorkbenchError, check_run_id, read_json, workspace, write_json_atomic
-from core.runs import Run, delete_run, new_run
+from core.store.paths import REPO_ROOT, WorkbenchError, check_run_id, read_json, workspace, write_json_atomic
+from core.store.runs import Run, delete_run, new_run
 from core.tasks import BUILTIN, TaskSpec, load_task, task_defaults
 
 LENGTHS = (1, 5, 20, 50, 100)
@@ -78,10 +78,10 @@ def machine() -> str:
 def run_report(task_name: str, lengths=LENGTHS, inits=INITS, overrides: dict | None = None,
                progress: Callable[[dict], None] | None = None, out: Path | None = None) -> dict:
     """Train and score every (init, length) point; returns the report (also written to `out`)."""
-    from core.compare import CompareSpec, run_comparison, soft_system
-    from core.generator import Generator
-    from core.models import load_model
-    from core.training import train
+    from core.evaluate.compare import CompareSpec, run_comparison, soft_system
+    from core.generate.generator import Generator
+    from core.model.loading import load_model
+    from core.train.training import train
 
     if task_name not in BUILTIN:
         raise WorkbenchError(f"Task {task_name!r} is not built in: a report runs on one of {', '.join(BUILTIN)}.")

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-from core.neighbors import ExactCosine
-from core.paths import WorkbenchError, read_json
+from core.explore.neighbors import ExactCosine
+from core.store.paths import WorkbenchError, read_json
 
 INPUT_SPACE = {"PROMPT_TUNING", "P_TUNING"}
 

@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from core.neighbors import ExactCosine, recall_at_k
-from core.paths import WorkbenchError, model_cache_dir
-from core.prompt_vectors import adapter_prompt
-from core.runs import Run
-from core.vocabgraph import PromptPoints, graph_tables, knn_graph, map_graph, spanning_tree
+from core.explore.neighbors import ExactCosine, recall_at_k
+from core.store.paths import WorkbenchError, model_cache_dir
+from core.model.adapters import adapter_prompt
+from core.store.runs import Run
+from core.explore.vocabgraph import PromptPoints, graph_tables, knn_graph, map_graph, spanning_tree
 
 PREFIX_MESSAGE = "Prefix tuning learns per-layer keys/values, not input embeddings"
 P_TUNING_NOTE = ("P-tuning: the saved prompt_embeddings are the prompt encoder's output (what the model "

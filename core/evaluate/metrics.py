@@ -22,7 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from core.similarity import SentenceEmbedder, semantic_similarity  # noqa: F401  (re-exported)
+from core.evaluate.similarity import SentenceEmbedder, semantic_similarity  # noqa: F401  (re-exported)
 
 KINDS = ("generation", "qa", "label", "translation")
 CORPUS_METRICS = ("bleu", "chrf")

@@ -14,8 +14,8 @@ import sys
 import time
 
 from core.config import TuneConfig
-from core.paths import REPO_ROOT, WorkbenchError, read_json, workspace, write_json_atomic
-from core.runs import Run, list_runs, new_run
+from core.store.paths import REPO_ROOT, WorkbenchError, read_json, workspace, write_json_atomic
+from core.store.runs import Run, list_runs, new_run
 
 SETTINGS_DEFAULTS = {"queue": False}
 

@@ -1,10 +1,10 @@
 """Fused float32 CPU kernels for the elementwise parts of a llama decoder layer, with PyTorch fallbacks.
 
-The hand-written training pass (core/flatstack.py) spends most of its time in the frozen matmuls;
+The hand-written training pass (core/train/flatstack.py) spends most of its time in the frozen matmuls;
 what is left is memory-bound elementwise work: RMSNorm, rotary embeddings and SwiGLU, forward and
 backward. PyTorch runs each of them as several ops, one pass over memory each (rotary alone is a
 slice, a negation, a concatenation, two products and a sum). Here each is one loop over the rows,
-written in C (core/fused.c) and compiled with the machine's C compiler on first use (about 0.3 s,
+written in C (core/model/fused.c) and compiled with the machine's C compiler on first use (about 0.3 s,
 cached under the model cache by source, compiler and CPU). The LM head's cross-entropy over the labelled rows
 is here too: two passes over each row of logits instead of five. Measured at the training step's
 shapes (`bench/bench_kernels.py`, 660 x 576 and 660 x 1536 tensors, 128 x 49,152 logits), fused
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from core.paths import model_cache_dir
+from core.store.paths import model_cache_dir
 
 log = logging.getLogger(__name__)
 

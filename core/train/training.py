@@ -18,14 +18,14 @@ from typing import Callable
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from core.heap import keep_freed_memory
+from core.train.heap import keep_freed_memory
 from core.config import TuneConfig
-from core.fastloss import labelled_loss
-from core.formatting import EncodedDataset, Formatter, PadCollator
-from core.methods import build_peft_model
-from core.models import load_model
-from core.paths import WorkbenchError
-from core.runs import Run
+from core.train.fastloss import labelled_loss
+from core.generate.formatting import EncodedDataset, Formatter, PadCollator
+from core.train.methods import build_peft_model
+from core.model.loading import load_model
+from core.store.paths import WorkbenchError
+from core.store.runs import Run
 from core.tasks import load_task
 
 SAMPLE_EVERY_EVAL = 3
@@ -129,7 +129,7 @@ def generate_texts(model, formatter: Formatter, inputs: list[str], max_new_token
 
 
 class PromptTrainer(Trainer):
-    """Trainer whose loss runs the LM head only on labelled positions (core/fastloss.py)."""
+    """Trainer whose loss runs the LM head only on labelled positions (core/train/fastloss.py)."""
 
     loss_is_scaled_for_ga = False  # labelled_loss is a per-batch mean: Trainer divides for accumulation
 
@@ -177,7 +177,7 @@ def train(run: Run, resume: bool = False, progress: Callable | None = None, extr
     that was installed before (a sweep's) is put back when the run ends.
     """
     cfg = run.config()
-    keep_freed_memory()  # each step reuses the pages of the one before (core/heap.py)
+    keep_freed_memory()  # each step reuses the pages of the one before (core/train/heap.py)
     checkpoint = run.last_checkpoint() if resume else None
     if resume and checkpoint is None and run.checkpoints():
         raise WorkbenchError(f"Run {run.id!r} has no complete checkpoint to resume from: start it again.")

@@ -1,6 +1,6 @@
 """A fixed 2-D map of the vocabulary embeddings, and placement of new vectors onto it.
 
-The anchors (vocabulary input embeddings, mean-centred like `core.neighbors.ExactCosine`)
+The anchors (vocabulary input embeddings, mean-centred like `core.explore.neighbors.ExactCosine`)
 are laid out once per model with UMAP (cosine metric, fixed seed) and cached on disk.
 Learned prompt vectors are then *placed* onto the map without moving any anchor, the way
 UMAP's `transform` initialises new points: membership strengths to their nearest anchors
@@ -15,7 +15,7 @@ keeps UMAP's defaults (fuzzy graph + spectral init 10-12 s, of which ~3.5 s is n
 200 epochs 15-25 s): 37-49 s in all, exact neighbourhoods in the full 576 dimensions.
 Rejected: a PCA-50 copy (keeps ~26% of the centred variance, and was not faster);
 n_epochs=100 (-9 s, but 2-D 15-NN preservation 0.17 vs 0.19); init="pca" (no gain).
-The anchor kNN is kept (`knn_indices_`, `knn_sims_`) and cached: `core.vocabgraph` builds
+The anchor kNN is kept (`knn_indices_`, `knn_sims_`) and cached: `core.explore.vocabgraph` builds
 its spanning tree from it.
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Callable
 
 import numpy as np
 
-from core.neighbors import ExactCosine, _as_matrix, _check_k
-from core.paths import read_json, write_json_atomic
+from core.explore.neighbors import ExactCosine, _as_matrix, _check_k
+from core.store.paths import read_json, write_json_atomic
 
 Progress = Callable[[float, str], None]
 CACHE_VERSION = 1

@@ -2,7 +2,7 @@
 attached to their nearest tokens, as node and edge tables for plotly / Graphistry / files.
 
 Edge weights are cosine distances (1 - cosine of the mean-centred vectors, as in
-`core.neighbors`). The spanning tree is the lightest set of kNN edges that keeps every
+`core.explore.neighbors`). The spanning tree is the lightest set of kNN edges that keeps every
 connected part of the kNN graph connected: V - 1 edges when the kNN graph is connected.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
-from core.neighbors import ExactCosine, LSHForestIndex, _check_k
+from core.explore.neighbors import ExactCosine, LSHForestIndex, _check_k
 
 MIN_WEIGHT = 1e-6  # csgraph reads a weight of 0 as "no edge"; duplicate tokens get this instead
 FORMATS = ("csv", "parquet")

@@ -31,10 +31,10 @@ from optuna.trial import TrialState
 from transformers import TrainerCallback
 
 from core.config import ConfigError, TuneConfig
-from core.jobs import spawn
-from core.paths import IdFolder, WorkbenchError, check_run_id, child_path, read_json, workspace, write_json_atomic
-from core.runs import Run, _alive, new_run
-from core.training import train
+from core.store.jobs import spawn
+from core.store.paths import IdFolder, WorkbenchError, check_run_id, child_path, read_json, workspace, write_json_atomic
+from core.store.runs import Run, _alive, new_run
+from core.train.training import train
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SWEPT = ("num_virtual_tokens", "learning_rate")

@@ -101,7 +101,7 @@ def use_onednn(model: torch.nn.Module) -> int:
 def joined_weight(*linears: torch.nn.Module) -> torch.Tensor | None:
     """The weights of frozen linear layers that read the same input (a llama layer's q/k/v, its
     gate/up) stacked in one (sum of outputs, inputs) tensor, so that a training pass takes their
-    outputs, and their input gradient, in one matmul each (core/flatstack.py: 31 ms of a 0.9 s
+    outputs, and their input gradient, in one matmul each (core/train/flatstack.py: 31 ms of a 0.9 s
     step). Built on first use and kept on the first layer (for the bundled model 279 MB in all, in
     the training process only); rebuilt if a weight was replaced or changed in place. None when
     the layers have biases, train, or differ in input size, dtype or device."""

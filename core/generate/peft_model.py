@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from peft import PeftModel
 
-from core.formatting import Formatter
-from core.models import freeze, load_model
-from core.paths import WorkbenchError
-from core.prompt_vectors import adapter_prompt, check_adapter_fits
-from core.runs import Run
+from core.generate.formatting import Formatter
+from core.model.loading import freeze, load_model
+from core.store.paths import WorkbenchError
+from core.model.adapters import adapter_prompt, check_adapter_fits
+from core.store.runs import Run
 
 
 def load_run_model(run_id: str, which: str | None = None):

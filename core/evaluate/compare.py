@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from core.generator import Decoding, Generator, System
-from core.metrics import metric_names, score_predictions, summarize
-from core.paths import WorkbenchError, read_json, workspace, write_json_atomic
-from core.runs import Run
+from core.generate.generator import Decoding, Generator, System
+from core.evaluate.metrics import metric_names, score_predictions, summarize
+from core.store.paths import WorkbenchError, read_json, workspace, write_json_atomic
+from core.store.runs import Run
 from core.tasks import TaskData, few_shot_template
 
 
