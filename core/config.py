@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from core.store.paths import WorkbenchError
+from core.errors import WorkbenchError
 
 
 _DEFAULT_MODEL = "smollm2-135m-instruct"  # core.model.loading.DEFAULT_MODEL (not imported: it loads torch)

@@ -12,7 +12,9 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.store.paths import WorkbenchError, safe_filename, workspace
+from core.errors import WorkbenchError
+
+from core.store.paths import safe_filename, workspace
 
 DATA_DIR = Path(__file__).parent / "data" / "tasks"
 SPLIT_SEED = 1234

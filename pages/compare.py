@@ -4,8 +4,8 @@ import streamlit as st
 from core.evaluate.compare import CompareSpec, hard_systems, run_comparison, soft_system, stored
 from core.generate.generator import Decoding
 from core.model.loading import DEFAULT_MODEL
-from core.store.paths import WorkbenchError
-from core.store.runs import list_runs
+from core.errors import WorkbenchError
+from core.store.runs import FINISHED, list_runs
 from core.tasks import BUILTIN, guess_columns, load_records, load_task, peek, save_upload
 from workbench.compare_view import render_metrics, render_rows
 from workbench.state import generator, sentence_embedder
@@ -16,7 +16,7 @@ all_runs = list_runs()
 
 def task_runs(model: str, task: str) -> list[str]:
     """The soft prompts a model and task start with: the task's newest completed run."""
-    done = [r for r in all_runs if r["model"] == model and r["task"] == task and r["state"] in ("completed", "cancelled")]
+    done = [r for r in all_runs if r["model"] == model and r["task"] == task and r["state"] in FINISHED]
     return [max(done, key=lambda r: r["created"] or 0)["id"]] if done else []
 
 
@@ -71,7 +71,7 @@ with st.sidebar:
                                 "few-shot prompts otherwise run on into the next made-up example.")
     prompt_format = st.radio("Hard prompt format", ["chat", "plain"], horizontal=True, key="cmp_format")
 
-runs = {r["id"]: r for r in all_runs if r["model"] == model and r["state"] in ("completed", "cancelled")}
+runs = {r["id"]: r for r in all_runs if r["model"] == model and r["state"] in FINISHED}
 if "cmp_runs" not in st.session_state:
     st.session_state["cmp_runs"] = task_runs(model, task.spec.name)
 st.session_state["cmp_runs"] = [r for r in st.session_state["cmp_runs"] if r in runs]  # deleted runs drop out

@@ -5,7 +5,7 @@ import streamlit as st
 from core.explore.prompts import (GRAPHISTRY_HELP, P_TUNING_NOTE, PREFIX_MESSAGE, graphistry_settings, graphistry_upload,
                           map_settings, neighbour_table, prompt_runs, run_prompts, search_tokens,
                           table_bytes, vocab_graph)
-from core.store.paths import WorkbenchError
+from core.errors import WorkbenchError
 from core.store.runs import Run, list_runs
 from core.explore.vocabgraph import prompt_points
 from workbench.explore_view import (graph_figure, labels, lsh_forest, map_figure, run_colors, token_norm,
@@ -21,8 +21,7 @@ with st.sidebar:
     model = st.selectbox("Model", sorted({r["model"] for r in runs}), key="exp_model")
     ids = [r["id"] for r in runs if r["model"] == model]
     picked = st.multiselect("Runs", ids, default=ids[:1], key="exp_runs", help="One colour per run.")
-    steps = {f"{rid} @ {p.name.split('-')[-1]}": (rid, int(p.name.split("-")[-1]))
-             for rid in picked for p in Run.open(rid).checkpoints()}
+    steps = {f"{rid} @ {step}": (rid, step) for rid in picked for step, _ in Run.open(rid).checkpoints()}
     chosen = st.multiselect("Checkpoints (drawn as trajectories)", list(steps), key="exp_checkpoints",
                             help="Lines run from the first picked checkpoint to the final adapter, per virtual token.")
     k = st.slider("Nearest tokens per virtual token", 1, 20, 5, key="exp_k")

@@ -3,7 +3,8 @@ import pandas as pd
 import streamlit as st
 
 from core.model.loading import DEFAULT_MODEL
-from core.store.paths import WorkbenchError, workspace
+from core.errors import WorkbenchError
+from core.store.paths import workspace
 from workbench.links import page_link
 from workbench.state import builtin_tasks, runs_table, task_preview
 

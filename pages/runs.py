@@ -6,8 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from workbench.charts import loss_figure
-from core.store.paths import WorkbenchError
-from core.model.adapters import adapter_zip, input_space_vectors, nearest_tokens
+from core.errors import WorkbenchError
+from core.explore.neighbors import nearest_tokens
+from core.model.adapters import adapter_zip, input_space_vectors
 from core.store.runs import Run, list_runs
 from workbench.run_view import run_summary
 from workbench.state import base_model, vocab_index

@@ -9,7 +9,7 @@ from core.train import sweep as sweeps
 from workbench.charts import sweep_figure
 from core.config import ConfigError, with_task_defaults
 from core.model.loading import DEFAULT_MODEL
-from core.store.paths import WorkbenchError
+from core.errors import WorkbenchError
 from core.tasks import BUILTIN
 from workbench.config_form import FIELDS, apply_defaults, field_widget
 from workbench.run_view import STATE_ICONS

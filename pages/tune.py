@@ -7,7 +7,7 @@ import streamlit as st
 
 from core.store import jobs
 from core.model.loading import DEFAULT_MODEL, resolve_model_dir
-from core.store.paths import WorkbenchError
+from core.errors import WorkbenchError
 from core.tasks import BUILTIN, guess_columns, peek, save_upload
 
 from workbench.config_form import ERRORS_KEY, FIELDS, apply_defaults, build_config, field_widget, keep_form_state

@@ -77,3 +77,21 @@ def open_page(name: str, timeout: int = 60):
     """Run pages/<name>.py once with AppTest and return it."""
     from streamlit.testing.v1 import AppTest
     return AppTest.from_file(str(REPO / "pages" / f"{name}.py"), default_timeout=timeout).run()
+
+
+def peft_reference(model_dir, adapter, template: str, prompt_format: str, tokenizer, inputs: list[str], n: int = 8,
+                   max_input_tokens: int = 2048) -> list[str]:
+    """The reference every generation path is held to: plain PEFT `generate`, greedy, one input at a time."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from core.generate.formatting import Formatter
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = (PeftModel.from_pretrained(base, str(adapter)) if adapter else base).eval()
+    fmt = Formatter(tokenizer, prompt_format, template, max_input_tokens)
+    outs = []
+    for x in inputs:
+        ids = torch.tensor([fmt.prompt_ids(x)])
+        o = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                           pad_token_id=tokenizer.pad_token_id)
+        outs.append(fmt.clean_output(tokenizer.decode(o[0, ids.shape[1]:])))
+    return outs

@@ -5,7 +5,7 @@ import pytest
 
 from core.store.runs import list_runs
 from workbench.cli import main, parser
-from tests.conftest import tiny_config
+from tests.conftest import peft_reference, tiny_config
 
 
 def test_tune_flags_mirror_the_config_with_aliases():
@@ -31,7 +31,7 @@ def test_missing_model_folder_fails_the_run_with_the_fix(home, capsys, toy_data)
     assert list_runs()[0]["state"] == "failed"
 
 
-def test_tune_runs_then_lists_then_generates(home, capsys, tiny_model_dir, toy_data):
+def test_tune_runs_then_lists_then_generates(home, capsys, tiny_model_dir, toy_data, tokenizer):
     cfg = tiny_config(tiny_model_dir, toy_data, max_steps=2, eval_every=2, save_every=2)
     args = ["tune", "--run-id", "cli-run"] + _flags(cfg)
     assert main(args) == 0
@@ -40,10 +40,16 @@ def test_tune_runs_then_lists_then_generates(home, capsys, tiny_model_dir, toy_d
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["id"] == "cli-run" and rows[0]["state"] == "completed"
     assert main(["generate", "--run", "cli-run", "--input", "Say apple", "--max-new-tokens", "3"]) == 0
-    from core.generate.peft_model import load_run_model
-    from core.train.training import generate_texts
-    model, fmt = load_run_model("cli-run")
-    assert capsys.readouterr().out == generate_texts(model, fmt, ["Say apple"], max_new_tokens=3)[0] + "\n"
+    from core.store.runs import Run
+    cfg = Run.open("cli-run").config()  # the batched generator answers as plain PEFT does
+    final = capsys.readouterr().out
+    assert final == peft_reference(tiny_model_dir, Run.open("cli-run").adapter_dir, cfg.input_template,
+                                   cfg.prompt_format.value, tokenizer, ["Say apple"], 3)[0] + "\n"
+    assert main(["generate", "--run", "cli-run", "--checkpoint", "checkpoint-2", "--input", "Say apple",
+                 "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out == final  # the last checkpoint holds the final prompt
+    assert main(["generate", "--run", "cli-run", "--checkpoint", "checkpoint-9", "--input", "x"]) != 0
+    assert "not a checkpoint of run 'cli-run'" in capsys.readouterr().err
 
 
 def test_tune_on_a_built_in_task_takes_its_tuned_defaults(home, capsys, tiny_model_dir):

@@ -10,7 +10,7 @@ from core.evaluate.compare import (CompareSpec, cache_key, disagreeing, hard_sys
                           soft_system, to_csv, to_json)
 from core.generate.generator import Decoding, Generator
 from core.model.loading import load_model
-from core.store.paths import WorkbenchError
+from core.errors import WorkbenchError
 from core.store.runs import new_run
 from core.tasks import load_task
 from tests.conftest import tiny_config

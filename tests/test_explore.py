@@ -14,7 +14,7 @@ from core.explore.prompts import (graphistry_plotter, graphistry_settings, graph
                           map_settings, neighbour_table, prompt_sources, run_prompts, search_tokens, table_bytes,
                           token_labels, vocab_graph)
 from core.explore.neighbors import ExactCosine, LSHForestIndex
-from core.store.paths import WorkbenchError
+from core.errors import WorkbenchError
 from core.store.runs import Run
 from core.explore.vocabgraph import n_components, prompt_points
 from tests.test_vocabgraph import ANCHORS, LABELS, StubMap

@@ -24,17 +24,22 @@ import torch
 from streamlit.testing.v1 import AppTest
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer
 
-import core.generate.peft_model as generation
+import core.generate.systems as generation
+import core.model.loading as loading
 import core.train.training as training
 from core.evaluate.compare import CompareSpec, run_comparison, soft_system
 from core.config import ConfigError, TuneConfig
+from core.generate.formatting import Formatter
 from core.generate.generator import Decoding, Generator
 from core.train.methods import build_peft_model
 from core.model.loading import load_model, resolve_model_dir
 from core.explore.neighbors import ExactCosine
-from core.store.paths import WorkbenchError, run_path, safe_filename
-from core.model.adapters import input_space_vectors, nearest_tokens
-from core.store.runs import Run, _alive, import_adapter, list_runs, new_run
+from core.errors import WorkbenchError
+from core.store.paths import run_path, safe_filename
+from core.explore.neighbors import nearest_tokens
+from core.model.adapters import input_space_vectors
+from core.model.adapters import import_adapter
+from core.store.runs import Run, _alive, list_runs, new_run
 from core.tasks import load_records, load_task, peek, save_upload
 from tests.conftest import REPO, tiny_config
 from workbench.cli import main
@@ -272,7 +277,7 @@ def test_importing_a_corrupt_adapter_is_refused(home, adapters, tmp_path, tiny_m
 def test_generate_and_compare_with_a_mismatched_adapter_say_so(home, adapters, other_model_dir, method):
     run = run_with_adapter(other_model_dir, adapters[method], "mismatch")
     with pytest.raises(WorkbenchError, match="does not fit model.*trained on"):
-        generation.load_run_model(run.id)
+        generation.generate_for_run(run.id, ["Say apple"], 2)
     lm = load_model(other_model_dir)
     system = soft_system(run.id, other_model_dir)
     with pytest.raises(WorkbenchError, match="does not fit model"):
@@ -289,13 +294,13 @@ def test_generate_and_compare_with_a_mismatched_adapter_say_so(home, adapters, o
 def test_a_corrupt_adapter_file_is_named_by_generate_compare_and_runs(home, adapters, tiny_model_dir):
     run = run_with_adapter(tiny_model_dir, adapters["prompt-tuning"], "corrupt", corrupt=True)
     lm = load_model(tiny_model_dir)
-    calls = [lambda: generation.load_run_model(run.id), lambda: input_space_vectors(run.adapter_dir),
+    calls = [lambda: generation.run_system(run.id), lambda: input_space_vectors(run.adapter_dir),
              lambda: Generator(lm.model, lm.tokenizer).generate([(soft_system(run.id, tiny_model_dir), "x")])]
     for call in calls:
         with pytest.raises(WorkbenchError, match="not a readable safetensors file.*re-train or re-import"):
             call()
-    with pytest.raises(WorkbenchError, match="not a checkpoint name: use checkpoint-<step>"):
-        generation.load_run_model(run.id, which="../../adapter")
+    with pytest.raises(WorkbenchError, match="not a checkpoint of run.*use checkpoint-<step>"):
+        generation.run_system(run.id, which="../../adapter")
 
 
 # ---- 5. run ids and uploaded file names -----------------------------------------------------------
@@ -360,13 +365,14 @@ def test_non_ascii_very_long_inputs_and_targets_longer_than_the_context_train_an
     run = new_run(tiny_config(tiny_model_dir, data, max_steps=2, eval_every=2, save_every=2))
     st = training.train(run)  # batches are grouped by length: the long rows are in the first one
     assert st["state"] == "completed", st.get("error")
-    model, fmt = generation.load_run_model(run.id)
+    cfg, lm = run.config(), load_model(tiny_model_dir)
+    fmt = Formatter(lm.tokenizer, cfg.prompt_format.value, cfg.input_template, cfg.max_input_tokens,
+                    cfg.max_target_tokens)
     enc = fmt.encode({"input": long_input, "target": long_target})
     assert len(enc["input_ids"]) == fmt.max_input_tokens + fmt.max_target_tokens + 1  # truncated, not refused
     inputs = odd + ["ünïcödé " * 4000]
-    outs = training.generate_texts(model, fmt, inputs, max_new_tokens=3)
+    outs = generation.generate_for_run(run.id, inputs, max_new_tokens=3)
     assert len(outs) == len(inputs) and all(isinstance(o, str) for o in outs)
-    lm = load_model(tiny_model_dir)
     rows_out = Generator(lm.model, lm.tokenizer).generate([(soft_system(run.id, tiny_model_dir), x) for x in inputs],
                                                           Decoding(max_new_tokens=3))
     assert len(rows_out) == len(inputs) and all(isinstance(o, str) for o in rows_out)
@@ -610,11 +616,11 @@ def test_trust_remote_code_is_off_by_default_and_comes_only_from_the_config(home
         seen.append(trust_remote_code)
         raise WorkbenchError("stop here")
     monkeypatch.setattr(training, "load_model", fake_load)
-    monkeypatch.setattr(generation, "load_model", fake_load)
+    monkeypatch.setattr(loading, "load_model", fake_load)
     for flag in (False, True):
         run = new_run(tiny_config(tiny_model_dir, toy_data, trust_remote_code=flag))
         assert training.train(run)["error"] == "stop here"
         shutil.copytree(adapters["prompt-tuning"], run.adapter_dir)
         with pytest.raises(WorkbenchError, match="stop here"):
-            generation.load_run_model(run.id)
+            generation.generate_for_run(run.id, ["x"], 2)
     assert seen == [False, False, True, True]

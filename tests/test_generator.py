@@ -9,6 +9,7 @@ from core.generate.formatting import Formatter
 from core.generate.generator import Decoding, Generator, System, _common_prefix
 from core.train.methods import build_peft_model
 from core.model.loading import load_model
+from tests.conftest import peft_reference
 
 INPUTS = ["Say apple", "Say a much longer thing please", "Say river", "x"]
 METHODS = [dict(method="prompt-tuning", init="random"), dict(method="p-tuning", encoder_type="mlp"),
@@ -33,16 +34,7 @@ def save_adapter(tiny_model_dir, tokenizer, tmp_path, **kw):
 
 
 def peft_greedy(model_dir, adapter, system, tokenizer, n=8):
-    base = AutoModelForCausalLM.from_pretrained(model_dir)
-    model = (PeftModel.from_pretrained(base, adapter) if adapter else base).eval()
-    fmt = Formatter(tokenizer, system.prompt_format, system.template)
-    outs = []
-    for x in INPUTS:
-        ids = torch.tensor([fmt.prompt_ids(x)])
-        o = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                           pad_token_id=tokenizer.pad_token_id)
-        outs.append(fmt.clean_output(tokenizer.decode(o[0, ids.shape[1]:])))
-    return outs
+    return peft_reference(model_dir, adapter, system.template, system.prompt_format, tokenizer, INPUTS, n)
 
 
 @pytest.mark.parametrize("kw", METHODS, ids=lambda k: "-".join(str(v) for v in k.values()))

@@ -7,9 +7,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from core.train import training
-from core.generate.peft_model import load_run_model
+from core.generate.systems import generate_for_run
 from core.store.runs import new_run
-from tests.conftest import tiny_config
+from tests.conftest import peft_reference, tiny_config
 
 pytestmark = pytest.mark.integration
 METHODS = {
@@ -55,26 +55,22 @@ def test_each_method_runs_and_the_validation_loss_goes_down(trained, method):
     evals = [m["eval_loss"] for m in run.metrics() if m["kind"] == "eval"]
     assert len(evals) == 2  # before training (step 0) and at the end
     assert evals[-1] < evals[0] * 0.8, evals
-    assert [c.name for c in run.checkpoints()] == ["checkpoint-4", "checkpoint-8"]
+    assert [step for step, _ in run.checkpoints()] == [4, 8]
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_peft_round_trip_gives_the_same_greedy_output(trained, bundled_dir, method):
+def test_peft_round_trip_gives_the_same_greedy_output(trained, bundled_dir, tokenizer, method):
+    """The run folder loads in plain PEFT, and the workbench's one generation path (the batched
+    generator behind generate, Compare and the training samples) answers exactly as PEFT does."""
     run, _ = trained[method]
-    ours, fmt = load_run_model(run.id)
-    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(bundled_dir), str(run.adapter_dir))
-    plain.eval()
-    ids = torch.tensor([fmt.prompt_ids("Echo the word: tiger")])
-    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=fmt.tokenizer.pad_token_id)
-    a = ours.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kw)
-    b = plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kw)
-    assert a.tolist() == b.tolist()
-    if method != "prefix-tuning":  # PEFT's prefix tuning only works through the key/value cache
-        c = plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **kw)
-        assert c.tolist() == a.tolist()
-    texts = training.generate_texts(ours, fmt, ["Echo the word: tiger", "Echo the word: a much longer river"],
-                                    max_new_tokens=6)
-    assert texts[0] == fmt.clean_output(fmt.tokenizer.decode(a[0, ids.shape[1]:]))
+    cfg = run.config()
+    inputs = ["Echo the word: tiger", "Echo the word: a much longer river"]
+    ours = generate_for_run(run.id, inputs, max_new_tokens=6)
+    plain = peft_reference(bundled_dir, run.adapter_dir, cfg.input_template, cfg.prompt_format.value, tokenizer,
+                           inputs, 6, cfg.max_input_tokens)
+    assert ours == plain
+    samples = [m for m in run.metrics() if m["kind"] == "samples"]
+    assert samples and all(r["output"] is not None for r in samples[-1]["samples"])
 
 
 def test_resume_on_the_real_model_continues_from_the_checkpoint(trained):

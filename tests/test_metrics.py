@@ -7,7 +7,7 @@ import sacrebleu
 
 from core.evaluate import metrics as M
 from core.evaluate import similarity
-from core.store.paths import WorkbenchError
+from core.errors import WorkbenchError
 
 
 # ---- SQuAD-style text metrics ----

@@ -4,7 +4,7 @@ import pytest
 from transformers import DistilBertConfig, DistilBertModel
 
 from core.model.loading import embedding_matrix, load_model, resolve_model_dir
-from core.store.paths import WorkbenchError
+from core.errors import WorkbenchError
 
 
 def test_bundled_model_loads_from_the_safetensors_cache_frozen():

@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from core.config import TuneConfig
 from core.train.methods import build_peft_model
-from core.store.runs import import_adapter
+from core.model.adapters import import_adapter
 from tests.conftest import REPO
 
 PAGE = str(REPO / "pages" / "compare.py")

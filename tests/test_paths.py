@@ -3,7 +3,9 @@ import os
 
 import pytest
 
-from core.store.paths import WorkbenchError, check_run_id, run_path, safe_filename, write_json_atomic
+from core.errors import WorkbenchError
+
+from core.store.paths import check_run_id, run_path, safe_filename, write_json_atomic
 
 
 @pytest.mark.parametrize("bad", ["../x", "a/b", "..", "", ".hidden", "a" * 101, "x/../../etc", "/abs", "a\\b"])

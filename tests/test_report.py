@@ -6,7 +6,7 @@ import pytest
 
 from core.evaluate import report as rep
 from workbench.charts import report_figure
-from core.store.paths import WorkbenchError
+from core.errors import WorkbenchError
 from core.store.runs import list_runs
 from tests.conftest import open_page
 

@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from core.store.paths import WorkbenchError
+from core.errors import WorkbenchError
 from core.tasks import BUILTIN, few_shot_template, load_records, load_task, split_records
 
 

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from core.config import ConfigError, TuneConfig, with_task_defaults
-from core.store.paths import WorkbenchError
+from core.errors import WorkbenchError
+from core.store.runs import FINISHED
 
 ALIASES = {"max_steps": ["--steps"], "num_virtual_tokens": ["--virtual-tokens"]}
 
@@ -53,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--run", required=True)
     gen.add_argument("--input", required=True, action="append", help="repeat for several inputs")
     gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--checkpoint", help="a checkpoint of the run (checkpoint-<step>) instead of its final adapter")
     for name, helptext in (("cancel", "stop a running run (it saves and ends as cancelled)"), ("delete", "delete a run")):
         sub.add_parser(name, help=helptext).add_argument("--run", required=True)
     sub.add_parser("worker", help="train queued runs one at a time (started by the app in queue mode)")
@@ -100,7 +102,7 @@ def _train(run, resume: bool) -> int:
     print(f"run {run.id}: {st['state']} at step {st.get('step')} -> {run.path}")
     if st.get("error"):
         print(f"error: {st['error']}", file=sys.stderr)
-    return 0 if st["state"] in ("completed", "cancelled") else 1
+    return 0 if st["state"] in FINISHED else 1
 
 
 def cmd_tune(a) -> int:
@@ -156,11 +158,10 @@ def cmd_runs(a) -> int:
 
 
 def cmd_generate(a) -> int:
-    from core.generate.peft_model import load_run_model
-    from core.train.training import generate_texts
+    from core.generate.systems import generate_for_run
 
-    model, fmt = load_run_model(a.run)
-    for text, out in zip(a.input, generate_texts(model, fmt, a.input, max_new_tokens=a.max_new_tokens)):
+    outs = generate_for_run(a.run, a.input, max_new_tokens=a.max_new_tokens, which=a.checkpoint)
+    for text, out in zip(a.input, outs):
         print(out if len(a.input) == 1 else f"> {text}\n{out}\n")
     return 0
 
@@ -200,7 +201,7 @@ def cmd_sweep(a) -> int:
           (f"; best: {best['params']} eval_loss {best['eval_loss']:.4f}" if best else ""))
     if st.get("error"):
         print(f"error: {st['error']}", file=sys.stderr)
-    return 0 if st["state"] in ("completed", "cancelled") else 1
+    return 0 if st["state"] in FINISHED else 1
 
 
 def cmd_report(a) -> int:
@@ -236,7 +237,7 @@ def main(argv=None) -> int:
             delete_run(a.run)
             return 0
         if a.cmd == "import-adapter":
-            from core.store.runs import import_adapter
+            from core.model.adapters import import_adapter
             print(f"imported as run {import_adapter(a.path, a.model, a.task).id}")
             return 0
         return {"runs": cmd_runs, "generate": cmd_generate, "cancel": cmd_cancel, "sweep": cmd_sweep,

@@ -10,8 +10,8 @@ import streamlit as st
 
 from core.store import jobs
 from workbench.charts import loss_figure
-from core.store.paths import WorkbenchError
-from core.store.runs import Run, delete_run
+from core.errors import WorkbenchError
+from core.store.runs import ACTIVE, Run, RunState, delete_run
 
 POLL_SECONDS = 2.0
 STATE_ICONS = {"queued": ":material/schedule:", "starting": ":material/rocket_launch:",
@@ -45,7 +45,7 @@ def run_summary(run: Run, key_prefix: str) -> None:
                 f"{cfg.num_virtual_tokens} tokens · state **{state}**")
     step, total = st_.get("step") or 0, st_.get("total") or cfg.max_steps
     loss = st_.get("loss")
-    eta = fmt_eta(st_.get("eta")) if state == "running" else "-"
+    eta = fmt_eta(st_.get("eta")) if state == RunState.RUNNING else "-"
     st.progress(min(step / total, 1.0) if total else 0.0,
                 text=f"step {step}/{total} · loss {loss:.4f} · ETA {eta}" if loss is not None
                 else f"step {step}/{total} · ETA {eta}")
@@ -64,14 +64,14 @@ def run_summary(run: Run, key_prefix: str) -> None:
 def run_actions(run: Run, state: str, key_prefix: str) -> None:
     cols = st.columns(4)
     try:
-        if state in ("running", "starting", "queued"):
+        if state in ACTIVE:
             if cols[0].button("Cancel", key=f"{key_prefix}_cancel", help="Save a checkpoint and stop"):
                 st.toast(f"{run.id}: {jobs.cancel(run.id)}")
-        if state in ("cancelled", "failed", "interrupted"):
+        if state in (RunState.CANCELLED, RunState.FAILED, RunState.INTERRUPTED):
             if cols[0].button("Resume", key=f"{key_prefix}_resume", help="Continue from the last checkpoint"):
                 jobs.resume(run.id)
                 st.toast(f"{run.id}: resuming")
-        if state not in ("running", "starting", "queued"):
+        if state not in ACTIVE:
             confirm_key = f"{key_prefix}_confirm_delete"
             if cols[1].button("Delete", key=f"{key_prefix}_delete"):
                 st.session_state[confirm_key] = True

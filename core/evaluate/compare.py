@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Callable
 
 from core.generate.generator import Decoding, Generator, System
+from core.generate.systems import run_system
 from core.evaluate.metrics import metric_names, score_predictions, summarize
-from core.store.paths import WorkbenchError, read_json, workspace, write_json_atomic
-from core.store.runs import Run
+from core.errors import WorkbenchError
+from core.store.paths import read_json, workspace, write_json_atomic
 from core.tasks import TaskData, few_shot_template
 
 
@@ -45,14 +46,7 @@ class CompareSpec:
 
 def soft_system(run_id: str, model: str) -> System:
     """A trained run as a system; its base model must be the comparison's model."""
-    run = Run.open(run_id)
-    cfg = run.config()
-    if cfg.model != model:
-        raise WorkbenchError(f"Run {run_id!r} was trained on {cfg.model!r}, not on {model!r}: compare runs "
-                             "of the model you picked, or pick that model.")
-    if not (run.adapter_dir / "adapter_model.safetensors").exists():
-        raise WorkbenchError(f"Run {run_id!r} has no adapter yet: wait for it to finish or resume it.")
-    return System(f"soft: {run_id}", cfg.input_template, cfg.prompt_format.value, str(run.adapter_dir))
+    return run_system(run_id, model=model)
 
 
 def hard_systems(task: TaskData, prompt_format: str, shots: int = 0, template: str | None = None) -> list[System]:

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 from core.config import TuneConfig
-from core.store.paths import REPO_ROOT, WorkbenchError, check_run_id, read_json, workspace, write_json_atomic
-from core.store.runs import Run, delete_run, new_run
+from core.errors import WorkbenchError
+from core.store.paths import REPO_ROOT, check_run_id, read_json, workspace, write_json_atomic
+from core.store.runs import Run, RunState, delete_run, new_run
 from core.tasks import BUILTIN, TaskSpec, load_task, task_defaults
 
 LENGTHS = (1, 5, 20, 50, 100)
@@ -45,7 +46,7 @@ def run_for_config(cfg: TuneConfig, prefix: str) -> Run:
         run = Run.open(run_id)
     except WorkbenchError:
         return new_run(cfg, run_id)
-    if run.status().get("state") == "completed":
+    if run.status().get("state") == RunState.COMPLETED:
         return run
     delete_run(run_id)
     return new_run(cfg, run_id)
@@ -91,7 +92,7 @@ def run_report(task_name: str, lengths=LENGTHS, inits=INITS, overrides: dict | N
     out = out or report_path(task_name)
     report = {"task": task_name, "metric": task.spec.main_metric, "split": "validation",
               "n": len(task.validation), "lengths": list(lengths), "inits": list(inits), "overrides": overrides,
-              "machine": machine(), "created": time.time(), "state": "running", "points": [], "skipped": []}
+              "machine": machine(), "created": time.time(), "state": RunState.RUNNING, "points": [], "skipped": []}
     gen = None
     for init in inits:
         values = init_values(task.spec, init)
@@ -102,9 +103,9 @@ def run_report(task_name: str, lengths=LENGTHS, inits=INITS, overrides: dict | N
             cfg = TuneConfig.for_task(task=task_name, **{**values, **overrides, "num_virtual_tokens": n})
             run = run_for_config(cfg, f"report-{task_name}-{init}-{n}")
             t0 = time.time()
-            if run.status().get("state") != "completed":
+            if run.status().get("state") != RunState.COMPLETED:
                 st = train(run)
-                if st["state"] != "completed":
+                if st["state"] != RunState.COMPLETED:
                     raise WorkbenchError(f"Report run {run.id} ended {st['state']}: {st.get('error')}")
             if gen is None:
                 lm = load_model(cfg.model)

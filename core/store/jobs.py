@@ -14,8 +14,9 @@ import sys
 import time
 
 from core.config import TuneConfig
-from core.store.paths import REPO_ROOT, WorkbenchError, read_json, workspace, write_json_atomic
-from core.store.runs import Run, list_runs, new_run
+from core.errors import WorkbenchError
+from core.store.paths import REPO_ROOT, read_json, workspace, write_json_atomic
+from core.store.runs import ACTIVE, Run, RunState, list_runs, new_run
 
 SETTINGS_DEFAULTS = {"queue": False}
 
@@ -44,13 +45,13 @@ def spawn(args: list[str], log_path) -> int:
 def launch(run: Run, resume: bool = False) -> int:
     """Start training the run in a new process now; returns its pid."""
     state = run.status().get("state")
-    if state in ("running", "starting"):
+    if state in (RunState.RUNNING, RunState.STARTING):
         raise WorkbenchError(f"Run {run.id!r} is already {state}.")
-    if resume and state not in ("cancelled", "failed", "interrupted", "queued"):
+    if resume and state not in (RunState.CANCELLED, RunState.FAILED, RunState.INTERRUPTED, RunState.QUEUED):
         raise WorkbenchError(f"Run {run.id!r} is {state}: only cancelled, failed or interrupted runs resume.")
     args = ["resume", "--run", run.id] if resume else ["tune", "--run-dir", str(run.path)]
     pid = spawn(args, run.path / "log.txt")
-    run.set_status(state="starting", pid=pid, error=None)
+    run.set_status(state=RunState.STARTING, pid=pid, error=None)
     return pid
 
 
@@ -59,7 +60,7 @@ def submit(cfg: TuneConfig, queue: bool | None = None) -> Run:
     run = new_run(cfg)
     queue = settings()["queue"] if queue is None else queue
     if queue:
-        run.set_status(state="queued", queued_at=time.time())
+        run.set_status(state=RunState.QUEUED, queued_at=time.time())
         ensure_worker()
     else:
         launch(run)
@@ -69,7 +70,7 @@ def submit(cfg: TuneConfig, queue: bool | None = None) -> Run:
 def resume(run_id: str, queue: bool | None = None) -> Run:
     run = Run.open(run_id)
     if (settings()["queue"] if queue is None else queue):
-        run.set_status(state="queued", queued_at=time.time(), resume=True, error=None)
+        run.set_status(state=RunState.QUEUED, queued_at=time.time(), resume=True, error=None)
         ensure_worker()
     else:
         launch(run, resume=bool(run.checkpoints()))
@@ -80,10 +81,10 @@ def cancel(run_id: str) -> str:
     """Ask a running run to save and stop (SIGTERM); a queued run is cancelled at once."""
     run = Run.open(run_id)
     st = run.status()
-    if st.get("state") == "queued":
-        run.set_status(state="cancelled")
-        return "cancelled"
-    if st.get("state") not in ("running", "starting") or not st.get("pid"):
+    if st.get("state") == RunState.QUEUED:
+        run.set_status(state=RunState.CANCELLED)
+        return RunState.CANCELLED.value
+    if st.get("state") not in (RunState.RUNNING, RunState.STARTING) or not st.get("pid"):
         raise WorkbenchError(f"Run {run_id!r} is not running (state: {st.get('state')}).")
     os.kill(int(st["pid"]), signal.SIGTERM)
     run.set_status(cancel_requested=time.time())
@@ -91,7 +92,7 @@ def cancel(run_id: str) -> str:
 
 
 def active_runs() -> list[dict]:
-    return [r for r in list_runs() if r["state"] in ("queued", "starting", "running")]
+    return [r for r in list_runs() if r["state"] in ACTIVE]
 
 
 def ensure_worker() -> None:
@@ -114,9 +115,9 @@ def worker_loop(poll: float = 1.0) -> int:
             return 0
         done = 0
         while True:
-            while any(r["state"] in ("running", "starting") for r in list_runs()):
+            while any(r["state"] in (RunState.RUNNING, RunState.STARTING) for r in list_runs()):
                 time.sleep(poll)  # a run started directly is training: one at a time
-            queued = sorted((Run.open(r["id"]) for r in list_runs() if r["state"] == "queued"),
+            queued = sorted((Run.open(r["id"]) for r in list_runs() if r["state"] == RunState.QUEUED),
                             key=lambda r: r.status().get("queued_at") or 0)
             if not queued:
                 return done

@@ -10,12 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from core.errors import WorkbenchError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-class WorkbenchError(Exception):
-    """A problem the user can fix; the message names the problem and the fix."""
 
 
 def workspace() -> Path:

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import enum
 import json
 import os
 import shutil
@@ -16,9 +17,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import TuneConfig
-from core.store.paths import IdFolder, WorkbenchError, check_run_id, read_json, run_path, runs_dir, write_json_atomic
+from core.errors import WorkbenchError
+from core.store.paths import IdFolder, check_run_id, read_json, run_path, runs_dir, write_json_atomic
 
-ACTIVE = ("queued", "starting", "running")
+class RunState(str, enum.Enum):
+    """Where a run is; stored as its value in status.json."""
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # its process died without finishing (never written: derived on read)
+
+    def __str__(self) -> str:  # prints and formats as its value, as it is stored
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+ACTIVE = (RunState.QUEUED, RunState.STARTING, RunState.RUNNING)
+FINISHED = (RunState.COMPLETED, RunState.CANCELLED)  # runs with a usable soft prompt
+
+
+def checkpoint_step(name: str) -> int | None:
+    """The step of a checkpoint folder name (checkpoint-<step>), or None for any other name."""
+    prefix, _, step = name.partition("-")
+    return int(step) if prefix == "checkpoint" and step.isdigit() else None
 PROMPT_PEFT_TYPES = {"PROMPT_TUNING": "prompt-tuning", "P_TUNING": "p-tuning", "PREFIX_TUNING": "prefix-tuning"}
 
 
@@ -42,8 +68,8 @@ class Run(IdFolder):
     def status(self) -> dict:
         """The status file, with a run whose process died mid-way reported as `interrupted`."""
         st = read_json(self.path / "status.json", default={}) or {}
-        if st.get("state") in ("running", "starting") and not _alive(st.get("pid")):
-            st = {**st, "state": "interrupted", "error": "The training process ended without finishing (its output is in log.txt in the "
+        if st.get("state") in (RunState.RUNNING, RunState.STARTING) and not _alive(st.get("pid")):
+            st = {**st, "state": RunState.INTERRUPTED, "error": "The training process ended without finishing (its output is in log.txt in the "
                            "run folder); resume it from its last checkpoint."}
         return st
 
@@ -65,19 +91,22 @@ class Run(IdFolder):
             pass
         return rows
 
-    def checkpoints(self) -> list[Path]:
-        """Complete checkpoints (adapter weights present), oldest first."""
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """Complete checkpoints (adapter weights and trainer state present) as (step, folder), oldest first."""
         if not self.checkpoints_dir.exists():
             return []
-        cks = [p for p in self.checkpoints_dir.glob("checkpoint-*")
-               if p.name.split("-")[-1].isdigit() and (p / "adapter_model.safetensors").exists()
-               and (p / "trainer_state.json").exists()]
-        return sorted(cks, key=lambda p: int(p.name.split("-")[-1]))
+        found = [(checkpoint_step(p.name), p) for p in self.checkpoints_dir.glob("checkpoint-*")]
+        return sorted((step, p) for step, p in found if step is not None
+                      and (p / "adapter_model.safetensors").exists() and (p / "trainer_state.json").exists())
+
+    def checkpoint(self, name: str) -> Path | None:
+        """The complete checkpoint folder called `name` (checkpoint-<step>), or None."""
+        return next((p for _, p in self.checkpoints() if p.name == name), None)
 
     def last_checkpoint(self) -> Path | None:
         """The newest complete checkpoint whose trainer_state.json is readable (a save cut by a crash
         or a full disk is skipped: the one before it is used)."""
-        for ck in reversed(self.checkpoints()):
+        for _, ck in reversed(self.checkpoints()):
             try:
                 if read_json(ck / "trainer_state.json"):
                     return ck
@@ -121,7 +150,7 @@ def new_run(cfg: TuneConfig, run_id: str | None = None) -> Run:
     path.mkdir(parents=True)
     write_json_atomic(path / "config.json", cfg.to_dict())
     run = Run(rid, path)
-    run.set_status(state="queued", step=0, total=cfg.max_steps, created=time.time())
+    run.set_status(state=RunState.QUEUED, step=0, total=cfg.max_steps, created=time.time())
     return run
 
 
@@ -141,37 +170,3 @@ def delete_run(run_id: str) -> None:
     if run.status().get("state") in ACTIVE:
         raise WorkbenchError(f"Run {run_id!r} is still {run.status()['state']}: cancel it before deleting it.")
     shutil.rmtree(run.path)
-
-
-def import_adapter(src: str | Path, model: str = "smollm2-135m-instruct", task: str = "imported",
-                   run_id: str | None = None) -> Run:
-    """Copy a PEFT soft-prompt adapter trained elsewhere into a new run (state: completed)."""
-    from core.model.loading import model_config
-    from core.model.adapters import adapter_prompt, check_adapter_fits
-
-    src = Path(src).expanduser()
-    try:
-        conf = read_json(src / "adapter_config.json")
-    except ValueError:
-        conf = None
-    if not isinstance(conf, dict) or not (src / "adapter_model.safetensors").exists():
-        raise WorkbenchError(
-            f"{str(src)!r} is not a PEFT adapter folder: it needs adapter_config.json and "
-            "adapter_model.safetensors (save with model.save_pretrained(folder))."
-        )
-    method = PROMPT_PEFT_TYPES.get(conf.get("peft_type"))
-    if method is None:
-        raise WorkbenchError(
-            f"Adapter type {conf.get('peft_type')!r} is not a soft prompt: import prompt tuning, "
-            "P-tuning or prefix tuning adapters."
-        )
-    adapter_prompt(src)  # the weights are a readable safetensors file
-    check_adapter_fits(src, model_config(model), model)
-    cfg = TuneConfig(model=model, task=task, method=method, num_virtual_tokens=int(conf["num_virtual_tokens"]),
-                     init="random", max_steps=1)
-    run = new_run(cfg, run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-imported-{method}")
-    run.adapter_dir.mkdir()
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        shutil.copy2(src / name, run.adapter_dir / name)
-    run.set_status(state="completed", step=0, total=0, imported_from=str(src))
-    return run

@@ -32,7 +32,8 @@ from transformers import TrainerCallback
 
 from core.config import ConfigError, TuneConfig
 from core.store.jobs import spawn
-from core.store.paths import IdFolder, WorkbenchError, check_run_id, child_path, read_json, workspace, write_json_atomic
+from core.errors import WorkbenchError
+from core.store.paths import IdFolder, check_run_id, child_path, read_json, workspace, write_json_atomic
 from core.store.runs import Run, _alive, new_run
 from core.train.training import train
 

@@ -22,10 +22,11 @@ from core.train.heap import keep_freed_memory
 from core.config import TuneConfig
 from core.train.fastloss import labelled_loss
 from core.generate.formatting import EncodedDataset, Formatter, PadCollator
+from core.generate.generator import Decoding, Generator, System
 from core.train.methods import build_peft_model
 from core.model.loading import load_model
-from core.store.paths import WorkbenchError
-from core.store.runs import Run
+from core.errors import WorkbenchError
+from core.store.runs import Run, RunState
 from core.tasks import load_task
 
 SAMPLE_EVERY_EVAL = 3
@@ -44,6 +45,7 @@ class RunCallback(TrainerCallback):
         self.step0 = 0
         self.last_write = 0.0
         self.last_loss = None
+        self.generator: Generator | None = None  # built at the first evaluation, on the frozen base model
 
     @property
     def stop_requested(self) -> bool:
@@ -76,10 +78,26 @@ class RunCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, model=None, **kw):
         if state.is_world_process_zero and self.samples and model is not None:
-            outs = generate_texts(model, self.formatter, [s["input"] for s in self.samples],
-                                  max_new_tokens=self.formatter.max_target_tokens)
+            outs = self.sample_outputs(model)
             rows = [{"input": s["input"], "target": s["target"], "output": o} for s, o in zip(self.samples, outs)]
             self.run.log_metrics({"kind": "samples", "step": state.global_step, "time": time.time(), "samples": rows})
+
+    def sample_outputs(self, model) -> list[str]:
+        """The prompt as it stands, on the validation samples, through the batched generator that
+        Compare and the CLI use: the adapter is saved to samples-adapter/ and read from there."""
+        folder = self.run.path / "samples-adapter"
+        model.save_pretrained(str(folder))
+        if self.generator is None:
+            fmt = self.formatter
+            self.generator = Generator(model.get_base_model(), fmt.tokenizer, max_input_tokens=fmt.max_input_tokens)
+        system = System("samples", self.formatter.template, self.formatter.prompt_format, str(folder))
+        was_training = model.training
+        model.eval()
+        try:
+            return self.generator.generate([(system, s["input"]) for s in self.samples],
+                                           Decoding(max_new_tokens=self.formatter.max_target_tokens))
+        finally:
+            model.train(was_training)
 
     def _status(self, state, force=False):
         now = time.time()
@@ -89,43 +107,10 @@ class RunCallback(TrainerCallback):
         done = state.global_step - self.step0
         rate = (now - self.t0) / done if done else None
         eta = rate * (state.max_steps - state.global_step) if rate else None
-        st = self.run.set_status(state="running", step=state.global_step, total=state.max_steps,
+        st = self.run.set_status(state=RunState.RUNNING, step=state.global_step, total=state.max_steps,
                                  loss=self.last_loss, eta=eta, sec_per_step=rate)
         if self.progress:
             self.progress(st)
-
-
-@torch.no_grad()
-def generate_texts(model, formatter: Formatter, inputs: list[str], max_new_tokens: int = 64,
-                   batch_size: int = 8) -> list[str]:
-    """Greedy generation, batching only prompts of equal length.
-
-    PEFT's soft-prompt models ignore position ids, so a left-padded row would be shifted in
-    position and decode differently from the same prompt alone; equal-length batches need no
-    padding and give exactly the unbatched tokens.
-    """
-    tok = formatter.tokenizer
-    was_training = model.training
-    model.eval()
-    prompts = [formatter.prompt_ids(x) for x in inputs]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    outs: list[str] = [""] * len(prompts)
-    i = 0
-    while i < len(order):
-        group = [order[i]]
-        while (len(group) < batch_size and i + len(group) < len(order)
-               and len(prompts[order[i + len(group)]]) == len(prompts[order[i]])):
-            group.append(order[i + len(group)])
-        input_ids = torch.tensor([prompts[j] for j in group], device=model.device)  # (B, T)
-        gen = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        texts = tok.batch_decode(gen[:, input_ids.shape[1]:], skip_special_tokens=False)
-        for j, text in zip(group, texts):
-            outs[j] = formatter.clean_output(text)
-        i += len(group)
-    if was_training:
-        model.train()
-    return outs
 
 
 class PromptTrainer(Trainer):
@@ -183,7 +168,7 @@ def train(run: Run, resume: bool = False, progress: Callable | None = None, extr
         raise WorkbenchError(f"Run {run.id!r} has no complete checkpoint to resume from: start it again.")
     # under `accelerate launch` every process trains; only the main one writes the run's files
     status = run.set_status if is_main_process() else (lambda **kw: {**run.status(), **kw})
-    status(state="running", pid=os.getpid(), error=None, started=time.time())
+    status(state=RunState.RUNNING, pid=os.getpid(), error=None, started=time.time())
     t0 = time.time()
     stop = {"requested": False}  # SIGTERM at any point, even while loading, ends the run cleanly
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("requested", True))
@@ -193,24 +178,24 @@ def train(run: Run, resume: bool = False, progress: Callable | None = None, extr
         if is_main_process() and not callback.failure:
             trainer.model.save_pretrained(str(run.adapter_dir))
     except WorkbenchError as e:
-        return status(state="failed", error=str(e))
+        return status(state=RunState.FAILED, error=str(e))
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            status(state="failed", error=f"{type(e).__name__}: {e}")
+            status(state=RunState.FAILED, error=f"{type(e).__name__}: {e}")
             raise
         last = run.last_checkpoint()
         kept = f"it goes on from {last.name}, which is kept" if last else "it has no checkpoint yet: it starts again"
-        return status(state="failed", error=f"No space left on the disk while saving run {run.id!r} ({run.path}): "
+        return status(state=RunState.FAILED, error=f"No space left on the disk while saving run {run.id!r} ({run.path}): "
                                             f"free space on that disk, then resume the run ({kept}).")
     except Exception as e:  # an unexpected failure: keep the message for the status view
-        status(state="failed", error=f"{type(e).__name__}: {e}")
+        status(state=RunState.FAILED, error=f"{type(e).__name__}: {e}")
         raise
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     elapsed = (run.status().get("elapsed") or 0) + time.time() - t0
     if callback.failure:
-        return status(state="failed", error=callback.failure, elapsed=elapsed)
-    state = "cancelled" if callback.stop_requested else "completed"
+        return status(state=RunState.FAILED, error=callback.failure, elapsed=elapsed)
+    state = RunState.CANCELLED if callback.stop_requested else RunState.COMPLETED
     return status(state=state, step=trainer.state.global_step, eta=0, elapsed=elapsed, pid=None)
 
 
