@@ -7,14 +7,13 @@ UMAP's `transform` initialises new points: membership strengths to their nearest
 (fuzzy simplicial set, sigma/rho smoothing), then the strength-weighted mean of those
 anchors' 2-D positions. So runs and checkpoints placed at different times are comparable.
 
-Speed (SmolLM2: 49,152 x 576, 2 CPU cores, measured): plain UMAP (NN-descent, which a
-fixed random_state makes single-threaded, then the layout) took 50-53 s. Here the exact
-15-NN of every anchor comes from `ExactCosine.kneighbors` (bfloat16 shortlist, certified
-float32 re-rank, both cores: 9-13 s) and is handed to UMAP as `precomputed_knn`; the rest
-keeps UMAP's defaults (fuzzy graph + spectral init 10-12 s, of which ~3.5 s is numba JIT;
-200 epochs 15-25 s): 37-49 s in all, exact neighbourhoods in the full 576 dimensions.
+Speed: plain UMAP runs NN-descent, which a fixed random_state makes single-threaded, then the
+layout. Here the exact 15-NN of every anchor comes from `ExactCosine.kneighbors` (bfloat16
+shortlist, certified float32 re-rank, both cores) and is handed to UMAP as `precomputed_knn`;
+the rest keeps UMAP's defaults (fuzzy graph + spectral init, 200 epochs), with exact
+neighbourhoods in the full embedding dimensions. `bench/bench_embedmap.py` measures the build.
 Rejected: a PCA-50 copy (keeps ~26% of the centred variance, and was not faster);
-n_epochs=100 (-9 s, but 2-D 15-NN preservation 0.17 vs 0.19); init="pca" (no gain).
+n_epochs=100 (faster, but 2-D 15-NN preservation 0.17 vs 0.19); init="pca" (no gain).
 The anchor kNN is kept (`knn_indices_`, `knn_sims_`) and cached: `core.explore.vocabgraph` builds
 its spanning tree from it.
 """

@@ -4,13 +4,11 @@ The hand-written training pass (core/train/flatstack.py) spends most of its time
 what is left is memory-bound elementwise work: RMSNorm, rotary embeddings and SwiGLU, forward and
 backward. PyTorch runs each of them as several ops, one pass over memory each (rotary alone is a
 slice, a negation, a concatenation, two products and a sum). Here each is one loop over the rows,
-written in C (core/model/fused.c) and compiled with the machine's C compiler on first use (about 0.3 s,
-cached under the model cache by source, compiler and CPU). The LM head's cross-entropy over the labelled rows
-is here too: two passes over each row of logits instead of five. Measured at the training step's
-shapes (`bench/bench_kernels.py`, 660 x 576 and 660 x 1536 tensors, 128 x 49,152 logits), fused
-against PyTorch ops: RMSNorm 0.025 vs 0.068 ms, its backward 0.032 vs 0.142, rotary 0.015 vs
-0.118, its backward 0.023 vs 0.101, SwiGLU 0.145 vs 0.187, its backward 0.23 vs 1.05,
-cross-entropy with its gradient 2.7 vs 8.5 ms.
+written in C (core/model/fused.c) and compiled with the machine's C compiler on first use (cached
+under the model cache by source, compiler and CPU). The LM head's cross-entropy over the labelled rows
+is here too: two passes over each row of logits instead of five. `bench/bench_kernels.py`
+measures each kernel against the PyTorch ops at the training step's shapes (660 x 576 and
+660 x 1536 tensors, 128 x 49,152 logits).
 
 Every function has a PyTorch fallback computing the same formula, used when no compiler is
 found, when the build or the probe against the fallback fails, or with `WORKBENCH_FUSED=0`.

@@ -1,11 +1,11 @@
 """Frozen linear layers on oneDNN's CPU matmul.
 
 PyTorch sends a float32 `nn.Linear` on the CPU to MKL's sgemm. On AMD processors MKL does not
-take its AVX-512 code path: on the 2-core AMD EPYC the workbench is measured on it reaches about
-half of what oneDNN's matmul (shipped inside every PyTorch CPU build, `torch.ops.mkldnn`) gets
-on the same shapes: 0.85 s against 0.39 s for the bundled model's linear layers over 640 tokens,
-42 ms against 25 ms for 8 rows (one decode step; `bench/bench_kernels.py`). Both compute in
-float32 (no bf16 or tf32 shortcuts); results differ only in summation order (~1e-6 relative).
+take its AVX-512 code path, so oneDNN's matmul (shipped inside every PyTorch CPU build,
+`torch.ops.mkldnn`) is faster on the same shapes; `bench/bench_kernels.py` measures both on the
+bundled model's linear layers (8 rows, one decode step; 640 tokens, a training batch). Both
+compute in float32 (no bf16 or tf32 shortcuts); results differ only in summation order (~1e-6
+relative).
 
 The base model is frozen, so its linear layers need no weight gradient: the backward pass only
 computes the input gradient, `grad @ W`, which is the same oneDNN matmul on `W.t()` (a view,

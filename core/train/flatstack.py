@@ -9,15 +9,14 @@ layer's input, the norms' scales, the rotated queries and keys, the values, the 
 projections, the attention outputs with their log-sum-exps), and the backward pass runs the
 layers in reverse with fused kernels (core/model/fused.py), the frozen matmuls on oneDNN with the
 residual sums fused into them and the input gradients of q/k/v and of gate/up taken in one
-matmul each (core/kernels.joined_weight), and PyTorch's own flash-attention backward. Two more
+matmul each (core/model/kernels.joined_weight), and PyTorch's own flash-attention backward. Two more
 savings that autograd cannot see: the last layer's attention output projection and MLP run only
 at the positions whose hidden state the loss reads (the labelled ones, a fifth of the tokens in
 the benchmark batch), and the first layer's backward stops at the soft prompt (the text rows'
 embeddings are frozen).
 
-Measured on the bundled model (bench/bench_train_step.py, 20 virtual tokens, batch 8, 80-token
-rows): 0.83 s per step against 0.91 s for the transformers layers on the same flat layout.
-Same loss and gradients as PEFT's forward (tests/test_fastloss.py runs every layout). Used for
+`bench/bench_train_step.py` measures the step on the bundled model against the transformers
+layers. Same loss and gradients as PEFT's forward (tests/test_fastloss.py runs every layout). Used for
 llama layers in float32 on the CPU without autocast, hooks, gradient checkpointing, biases or
 attention dropout, and not with `WORKBENCH_FLATSTACK=0`; everything else takes the transformers
 modules.

@@ -3,11 +3,11 @@
 A training step on the CPU allocates its activations afresh (about 250 MB for the bundled model
 at batch 8) and frees them at the end of the backward pass. By default glibc gives the freed top
 of its heap back to the kernel once it exceeds twice the largest recently freed block, so the
-next step takes every page again as a page fault that the kernel zero-fills: 64,000 faults per
-step, about 0.1 s of a 1.0 s step (the batch of bench/bench_train_step.py). Here blocks up to 32 MB come from
-the heap and the heap is not trimmed, so a step reuses the pages of the one before. The peak
-resident size is the same (the pages are the ones the step needed anyway: default tuning run
-1.90 vs 1.91 GiB); it just no longer drops between steps. Only on glibc; elsewhere a no-op.
+next step takes every page again as a page fault that the kernel zero-fills, tens of thousands
+per step (bench/bench_train_step.py measures the step). Here blocks up to 32 MB come from the heap
+and the heap is not trimmed, so a step reuses the pages of the one before. The peak resident size
+is the same (the pages are the ones the step needed anyway; bench/bench_memory.py measures the
+default tuning run's peak); it just no longer drops between steps. Only on glibc; elsewhere a no-op.
 """
 from __future__ import annotations
 
