@@ -1,7 +1,6 @@
 """Helpers the benchmark scripts share: a median timer and the bundled model as stock transformers runs it."""
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import time
@@ -25,8 +24,11 @@ def timed(fn, reps: int = 5, warmup: int = 2) -> float:
 
 def stock_model():
     """The bundled model with PyTorch's default CPU matmul (no oneDNN kernels, core/model/kernels.py)."""
-    os.environ["WORKBENCH_ONEDNN"] = "0"
+    import dataclasses
+    from core import settings
+    kept = settings.SETTINGS
+    settings.SETTINGS = dataclasses.replace(kept, onednn=False)
     try:
         return load_model("smollm2-135m-instruct").model
     finally:
-        del os.environ["WORKBENCH_ONEDNN"]
+        settings.SETTINGS = kept

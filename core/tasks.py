@@ -7,11 +7,11 @@ plus a default hard prompt and the metric that matters for it.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core import settings
 from core.errors import WorkbenchError
 
 from core.store.paths import safe_filename, workspace
@@ -88,8 +88,8 @@ class TaskData:
 
 
 def max_data_bytes() -> int:
-    """Largest data file the loader reads: $WORKBENCH_MAX_DATA_MB, default 100 MB."""
-    return int(float(os.environ.get("WORKBENCH_MAX_DATA_MB", "100")) * 1024 * 1024)
+    """Largest data file the loader reads (settings: WORKBENCH_MAX_DATA_MB, default 100 MB)."""
+    return int(settings.SETTINGS.max_data_mb * 1024 * 1024)
 
 
 def check_file(path: Path) -> str:

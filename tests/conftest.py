@@ -95,3 +95,10 @@ def peft_reference(model_dir, adapter, template: str, prompt_format: str, tokeni
                            pad_token_id=tokenizer.pad_token_id)
         outs.append(fmt.clean_output(tokenizer.decode(o[0, ids.shape[1]:])))
     return outs
+
+
+def use_settings(monkeypatch, **changes):
+    """This process's settings with `changes` (they are read once from the environment at start)."""
+    import dataclasses
+    from core import settings
+    monkeypatch.setattr(settings, "SETTINGS", dataclasses.replace(settings.SETTINGS, **changes))

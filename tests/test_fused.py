@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from core.model import fused
+from tests.conftest import use_settings
 
 needs_c = pytest.mark.skipif(not fused.available(), reason="no C compiler to build the fused kernels")
 
@@ -94,8 +95,8 @@ def test_no_compiler_means_pytorch_ops_with_the_same_results(monkeypatch, tmp_pa
     assert not list(tmp_path.glob("kernels/*.so"))
 
 
-def test_turned_off_by_the_environment(monkeypatch):
-    monkeypatch.setenv("WORKBENCH_FUSED", "0")
+def test_turned_off_by_the_setting(monkeypatch):
+    use_settings(monkeypatch, fused=False)
     fused._lib.cache_clear()
     try:
         assert not fused.available()

@@ -30,9 +30,10 @@ def test_a_step_reuses_the_pages_the_one_before_freed():
     assert faults("keep") < pages // 4  # reused (seen: 4,097 and 8,192 of 81,920)
 
 
-def test_turned_off_by_the_environment(monkeypatch):
+def test_turned_off_by_the_setting(monkeypatch):
     from core.train import heap
-    monkeypatch.setenv("WORKBENCH_KEEP_HEAP", "0")
+    from tests.conftest import use_settings
+    use_settings(monkeypatch, keep_heap=False)
     heap.keep_freed_memory.cache_clear()
     try:
         assert heap.keep_freed_memory() is False

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from core.model import kernels
+from tests.conftest import use_settings
 from core.model.kernels import FrozenLinear, use_onednn
 from core.model.loading import load_model
 
@@ -45,8 +46,8 @@ def test_falls_back_to_f_linear_when_the_weight_trains_or_under_bf16_autocast():
         assert layer(x).dtype == torch.bfloat16  # autocast still casts the matmul
 
 
-def test_switched_off_by_the_environment(monkeypatch):
-    monkeypatch.setenv("WORKBENCH_ONEDNN", "0")
+def test_switched_off_by_the_setting(monkeypatch):
+    use_settings(monkeypatch, onednn=False)
     layer = torch.nn.Linear(4, 4)
     assert use_onednn(layer) == 0 and type(layer) is torch.nn.Linear
 
@@ -83,9 +84,9 @@ def test_joined_weights_of_layers_that_share_an_input_built_once_and_rebuilt_whe
     assert kernels.joined_weight(mlp.gate_proj, mlp.up_proj) is None
 
 
-@pytest.mark.parametrize("onednn", ["1", "0"])
+@pytest.mark.parametrize("onednn", [True, False])
 def test_frozen_matmul_with_a_fused_sum_and_a_transposed_weight(onednn, monkeypatch):
-    monkeypatch.setenv("WORKBENCH_ONEDNN", onednn)
+    use_settings(monkeypatch, onednn=onednn)
     torch.manual_seed(0)
     x, w, add = torch.randn(5, 12), torch.randn(8, 12), torch.randn(5, 8)
     assert torch.allclose(kernels.frozen_matmul(x, w, add=add), x @ w.T + add, rtol=1e-5, atol=1e-5)

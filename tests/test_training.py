@@ -28,6 +28,11 @@ def test_run_writes_status_metrics_checkpoints_and_a_peft_adapter(home, tiny_mod
     assert kinds.count("samples") == 3
     assert [step for step, _ in run.checkpoints()] == [3, 6]
     assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(run.adapter_dir))
+    runtime = json.loads((run.path / "runtime.json").read_text())  # how its numbers were made
+    assert runtime["settings"]["flatstack"] is True and runtime["device"] == "cpu"
+    assert runtime["versions"]["torch"] == torch.__version__ and runtime["versions"]["peft"]
+    samples = [m for m in run.metrics() if m["kind"] == "samples"][-1]["samples"]
+    assert samples and all(isinstance(r["output"], str) for r in samples)
     # plain PEFT loads the adapter folder
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     peft = PeftModel.from_pretrained(base, str(run.adapter_dir))

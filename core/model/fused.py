@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from core import settings
 from core.store.paths import model_cache_dir
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def _build(cc: str) -> ctypes.CDLL:
 
 @functools.cache
 def _lib() -> ctypes.CDLL | None:
-    if os.environ.get("WORKBENCH_FUSED", "1") == "0":
+    if not settings.SETTINGS.fused:
         return None
     cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
     if cc is None:

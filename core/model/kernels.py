@@ -15,10 +15,11 @@ must keep casting), other dtypes and non-CPU devices. `WORKBENCH_ONEDNN=0` turns
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import torch.nn.functional as F
+
+from core import settings
 
 _OP = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 _BINARY = getattr(_OP, "binary", None)  # x @ W.T + other in one pass
@@ -80,7 +81,7 @@ def _probe() -> bool:
 
 def available() -> bool:
     """oneDNN is in this PyTorch build, not turned off, and agrees with F.linear on a probe."""
-    if _OP is None or os.environ.get("WORKBENCH_ONEDNN", "1") == "0" or not torch.backends.mkldnn.is_available():
+    if _OP is None or not settings.SETTINGS.onednn or not torch.backends.mkldnn.is_available():
         return False
     return _probe()
 

@@ -23,11 +23,11 @@ modules.
 """
 from __future__ import annotations
 
-import os
 
 import torch
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
+from core import settings
 from core.model import fused
 from core.model.kernels import frozen_matmul, joined_weight
 
@@ -38,7 +38,7 @@ _BWD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_back
 def supported(base) -> bool:
     """The stack can stand in for the model's own decoder layers in this pass."""
     cfg, decoder = base.config, base.get_decoder()
-    if os.environ.get("WORKBENCH_FLATSTACK", "1") == "0" or _FWD is None or _BWD is None:
+    if not settings.SETTINGS.flatstack or _FWD is None or _BWD is None:
         return False
     if cfg.model_type != "llama" or base.device.type != "cpu":
         return False
@@ -59,7 +59,7 @@ def supported(base) -> bool:
 
 def _outputs(x: torch.Tensor, *linears) -> list[torch.Tensor]:
     """The outputs of linear layers that read the same input x: column blocks of one matmul on their
-    joined weights (core/kernels.joined_weight), else one matmul each."""
+    joined weights (core/model/kernels.joined_weight), else one matmul each."""
     joined = joined_weight(*linears)
     if joined is None:
         return [frozen_matmul(x, m.weight) for m in linears]
@@ -68,7 +68,7 @@ def _outputs(x: torch.Tensor, *linears) -> list[torch.Tensor]:
 
 def _input_grad(grads: torch.Tensor, *linears) -> torch.Tensor:
     """The input gradient of linear layers that read the same input, their output gradients side by
-    side in `grads`: one matmul on their joined weights (core/kernels.joined_weight), else one each."""
+    side in `grads`: one matmul on their joined weights (core/model/kernels.joined_weight), else one each."""
     joined = joined_weight(*linears)
     if joined is not None:
         return frozen_matmul(grads, joined.t())

@@ -14,7 +14,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-import os
+
+from core import settings
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ TRIM_THRESHOLD = 2**31 - 1
 def keep_freed_memory() -> bool:
     """Apply the settings to this process (once); True where glibc took them. WORKBENCH_KEEP_HEAP=0
     leaves glibc's defaults."""
-    if os.environ.get("WORKBENCH_KEEP_HEAP", "1") == "0":
+    if not settings.SETTINGS.keep_heap:
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

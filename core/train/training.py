@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from core import settings
 from core.train.heap import keep_freed_memory
 from core.config import TuneConfig
 from core.train.fastloss import labelled_loss
@@ -26,6 +27,7 @@ from core.generate.generator import Decoding, Generator, System
 from core.train.methods import build_peft_model
 from core.model.loading import load_model
 from core.errors import WorkbenchError
+from core.store.paths import write_json_atomic
 from core.store.runs import Run, RunState
 from core.tasks import load_task
 
@@ -169,6 +171,9 @@ def train(run: Run, resume: bool = False, progress: Callable | None = None, extr
     # under `accelerate launch` every process trains; only the main one writes the run's files
     status = run.set_status if is_main_process() else (lambda **kw: {**run.status(), **kw})
     status(state=RunState.RUNNING, pid=os.getpid(), error=None, started=time.time())
+    if is_main_process():  # how the numbers were made: switches, versions, machine
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        write_json_atomic(run.path / "runtime.json", settings.runtime(device, cfg.precision.value))
     t0 = time.time()
     stop = {"requested": False}  # SIGTERM at any point, even while loading, ends the run cleanly
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("requested", True))

@@ -1,0 +1,81 @@
+"""Process-wide settings, read once from the environment when the process starts, and the record
+of them (with library versions and the machine) that each run keeps as runtime.json.
+
+Locations stay plain environment variables read where they are used (WORKBENCH_HOME,
+WORKBENCH_MODEL_CACHE: core/store/paths.py). The switches here change a run's numbers, speed or
+memory, so a result must say which were on: `runtime()` is written into every run folder.
+docs/configuration.md lists every variable.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Mapping
+
+from core.errors import WorkbenchError
+
+SWITCHES = {  # field -> (variable, what it turns off when set to 0)
+    "flatstack": ("WORKBENCH_FLATSTACK", "the written-out llama decoder stack in training (core/train/flatstack.py)"),
+    "onednn": ("WORKBENCH_ONEDNN", "oneDNN matmuls for the frozen linear layers (core/model/kernels.py)"),
+    "fused": ("WORKBENCH_FUSED", "the fused C kernels (core/model/fused.py)"),
+    "keep_heap": ("WORKBENCH_KEEP_HEAP", "keeping freed memory between training steps (core/train/heap.py)"),
+}
+LIBRARIES = ("torch", "transformers", "peft", "accelerate", "datasets", "numpy")
+
+
+@dataclass(frozen=True)
+class Settings:
+    flatstack: bool = True
+    onednn: bool = True
+    fused: bool = True
+    keep_heap: bool = True
+    max_data_mb: float = 100.0  # WORKBENCH_MAX_DATA_MB: data files over this are refused unread
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        values: dict = {}
+        for name, (var, _) in SWITCHES.items():
+            raw = env.get(var, "1").strip()
+            if raw not in ("0", "1"):
+                raise WorkbenchError(f"{var}={raw!r} is not 0 or 1: set it to 0 to turn off {SWITCHES[name][1]}.")
+            values[name] = raw == "1"
+        raw = env.get("WORKBENCH_MAX_DATA_MB", "100")
+        try:
+            values["max_data_mb"] = float(raw)
+            assert values["max_data_mb"] > 0
+        except (ValueError, AssertionError):
+            raise WorkbenchError(f"WORKBENCH_MAX_DATA_MB={raw!r} is not a positive number of megabytes.") from None
+        return cls(**values)
+
+
+SETTINGS = Settings.from_env()  # read once; tests swap it with dataclasses.replace
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor()
+
+
+def runtime(device: str = "cpu", precision: str = "fp32") -> dict:
+    """How a result was made: the switches in force, library versions and the machine."""
+    return {
+        "settings": dataclasses.asdict(SETTINGS),
+        "device": device, "precision": precision,
+        "versions": {"python": sys.version.split()[0], **{lib: _version(lib) for lib in LIBRARIES}},
+        "machine": {"platform": platform.platform(), "cpu": _cpu(), "cores": os.cpu_count()},
+    }
