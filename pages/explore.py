@@ -2,14 +2,13 @@
 graph, and each virtual token's nearest tokens (exact cosine against the LSH forest)."""
 import streamlit as st
 
-from core.explore.prompts import (GRAPHISTRY_HELP, P_TUNING_NOTE, PREFIX_MESSAGE, graphistry_settings, graphistry_upload,
-                          map_settings, neighbour_table, prompt_runs, run_prompts, search_tokens,
-                          table_bytes, vocab_graph)
+from core.explore.prompts import (graphistry_settings, graphistry_upload, map_settings, neighbour_table,
+                                  prompt_runs, run_prompts, search_tokens, table_bytes, vocab_graph)
 from core.errors import WorkbenchError
 from core.store.runs import Run, list_runs
 from core.explore.vocabgraph import prompt_points
-from workbench.explore_view import (graph_figure, labels, lsh_forest, map_figure, run_colors, token_norm,
-                                    vocab_map)
+from workbench.explore_view import (GRAPHISTRY_HELP, P_TUNING_NOTE, PREFIX_MESSAGE, graph_figure, labels,
+                                    lsh_forest, map_figure, run_colors, token_norm, vocab_map)
 from workbench.state import base_model
 
 st.title("Explore prompt tokens")

@@ -8,29 +8,22 @@ import streamlit as st
 
 from core.evaluate import report as rep
 from workbench.charts import report_figure
-from core.store.jobs import spawn
-from core.store.paths import REPO_ROOT, read_json
 from core.tasks import BUILTIN
 
 st.title("Results")
 
 st.subheader("Soft prompt against hard prompts, with each task's defaults")
-table = read_json(REPO_ROOT / "bench-results" / "results-test.json", default=None)
+table = rep.results_table()
 if not table:
     st.info("No results table yet: `make results` trains each task's defaults and writes it.")
 else:
-    rows = [{"task": r["task"], "metric": r["metric"], "n (test)": r["n"], "soft prompt": r["soft"],
-             "best hard prompt": r["best_hard"], "which hard prompt": r["best_hard_system"].removeprefix("hard: "),
-             "bare model": r["bare"], "soft ahead": r["soft"] > r["best_hard"],
-             "train min": (r["train_s"] or 0) / 60} for r in table["rows"]]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="results_table",
+    st.dataframe(pd.DataFrame(table["rows"]), hide_index=True, width="stretch", key="results_table",
                  column_config={c: st.column_config.NumberColumn(format="%.3f")
                                 for c in ("soft prompt", "best hard prompt", "bare model")} |
                  {"train min": st.column_config.NumberColumn(format="%.1f")})
-    wins = sum(r["soft ahead"] for r in rows)
-    st.caption(f"Soft prompt ahead on {wins} of {len(rows)} tasks (test split; defaults chosen on validation). "
-               f"Hard prompts: the task's prompt zero-shot and 4-shot, chat and plain format, the best one counted. "
-               f"Measured on {table['machine']}.")
+    st.caption(f"Soft prompt ahead on {table['wins']} of {len(table['rows'])} tasks (test split; defaults chosen on "
+               "validation). Hard prompts: the task's prompt zero-shot and 4-shot, chat and plain format, the best "
+               f"one counted. Measured on {table['machine']}.")
 
 st.subheader("Prompt length and init strategy")
 st.caption("How long a soft prompt, started from what? Each point is a run trained with the task's defaults "
@@ -45,12 +38,10 @@ with right.container(border=True):
     lengths = st.multiselect("Prompt lengths", [1, 2, 5, 10, 20, 50, 100, 200], list(rep.LENGTHS), key="rep_lengths")
     inits = st.multiselect("Init strategies", list(rep.INITS), list(rep.INITS), key="rep_inits")
     steps = st.number_input("Steps per point (0 = the task's default)", 0, 10_000, 0, key="rep_steps")
-    log = rep.report_path(task).with_suffix(".log")
     running = [r for r in reports if not r["shipped"] and r["task"] == task and r.get("state") == "running"]
     if st.button("Start report", key="rep_start", disabled=not (lengths and inits) or bool(running),
                  help="Trains one run per point in its own process (runs are kept and reused)."):
-        args = ["report", "--task", task, "--lengths", *map(str, sorted(lengths)), "--inits", *inits]
-        spawn(args + (["--steps", str(steps)] if steps else []), log)
+        log = rep.start_report(task, lengths, inits, steps)
         st.success(f"Report on {task} started: {len(lengths) * len(inits)} points; its log is {log}.")
         time.sleep(1)
 if not reports:

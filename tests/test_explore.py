@@ -18,6 +18,7 @@ from core.errors import WorkbenchError
 from core.store.runs import Run
 from core.explore.vocabgraph import n_components, prompt_points
 from tests.test_vocabgraph import ANCHORS, LABELS, StubMap
+from workbench.explore_view import GRAPHISTRY_HELP
 
 RNG = np.random.default_rng(3)
 
@@ -169,4 +170,4 @@ def test_graphistry_plotter_binds_with_the_real_api():
     edges = pd.DataFrame({"src": [1], "dst": [0], "weight": [0.2], "run": ["r"]})
     g = graphistry_plotter(graphistry.client(), nodes, edges, {"r": "#4F46E5"})  # no server contacted
     assert (g._node, g._source, g._destination, g._point_x, g._point_y) == ("id", "src", "dst", "x", "y")
-    assert explore.GRAPHISTRY_HELP.count("GRAPHISTRY_SERVER") == 1
+    assert GRAPHISTRY_HELP.count("GRAPHISTRY_SERVER") == 1

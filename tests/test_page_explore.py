@@ -16,6 +16,7 @@ from core.explore import prompts as explore
 from core.train import training
 from core.store.runs import new_run
 from tests.conftest import REPO, tiny_config
+from workbench.explore_view import PREFIX_MESSAGE
 
 PAGE = str(REPO / "pages" / "explore.py")
 MAP_TOKENS = 3000
@@ -79,7 +80,7 @@ def test_map_prompts_trajectories_and_search(trained):
 def test_prefix_run_is_explained_not_drawn(trained):
     at = page(["run-b"])
     assert not at.exception
-    assert any(explore.PREFIX_MESSAGE in i.value for i in at.info)
+    assert any(PREFIX_MESSAGE in i.value for i in at.info)
     assert traces(at) == {f"vocabulary ({MAP_TOKENS:,} tokens)": MAP_TOKENS}
 
 

@@ -18,6 +18,16 @@ from core.explore.neighbors import LSHForestIndex
 from core.explore.vocabgraph import PromptPoints
 from workbench.state import base_model
 
+PREFIX_MESSAGE = "Prefix tuning learns per-layer keys/values, not input embeddings"
+P_TUNING_NOTE = ("P-tuning: the saved prompt_embeddings are the prompt encoder's output (what the model "
+                 "receives), not the encoder's own parameters.")
+GRAPHISTRY_HELP = (
+    "Graphistry is not configured. Set GRAPHISTRY_SERVER (e.g. hub.graphistry.com) and one credential: "
+    "GRAPHISTRY_USERNAME + GRAPHISTRY_PASSWORD, or GRAPHISTRY_PERSONAL_KEY_ID + GRAPHISTRY_PERSONAL_KEY_SECRET, "
+    "or GRAPHISTRY_API_TOKEN (optional: GRAPHISTRY_PROTOCOL, default https); or put the same keys in lower case "
+    "(server, username, password, ...) under [graphistry] in .streamlit/secrets.toml, then restart the app. "
+    "GRAPHISTRY_API_KEY (the legacy api=1 key) is not supported by graphistry 0.61.")
+
 ANCHOR_COLOR = "rgba(100, 116, 139, 0.35)"
 EDGE_COLOR = "rgba(100, 116, 139, 0.30)"
 SEARCH_COLOR = "#F59E0B"

@@ -104,9 +104,9 @@ def run_report(task_name: str, lengths=LENGTHS, inits=INITS, overrides: dict | N
             run = run_for_config(cfg, f"report-{task_name}-{init}-{n}")
             t0 = time.time()
             if run.status().get("state") != RunState.COMPLETED:
-                st = train(run)
-                if st["state"] != RunState.COMPLETED:
-                    raise WorkbenchError(f"Report run {run.id} ended {st['state']}: {st.get('error')}")
+                status = train(run)
+                if status["state"] != RunState.COMPLETED:
+                    raise WorkbenchError(f"Report run {run.id} ended {status['state']}: {status.get('error')}")
             if gen is None:
                 lm = load_model(cfg.model)
                 gen = Generator(lm.model, lm.tokenizer)
@@ -122,3 +122,27 @@ def run_report(task_name: str, lengths=LENGTHS, inits=INITS, overrides: dict | N
     report["state"] = "completed"
     write_json_atomic(out, report)
     return report
+
+
+def results_table(path: Path | None = None) -> dict | None:
+    """The results table (bench/results.py) as rows to show: per task the soft prompt, the best
+    hard prompt (and which), the bare model, whether the soft prompt is ahead, and train minutes;
+    with `wins` and the `machine` it was measured on. None when no table was written yet."""
+    table = read_json(path or SHIPPED / "results-test.json", default=None)
+    if not table:
+        return None
+    rows = [{"task": r["task"], "metric": r["metric"], "n (test)": r["n"], "soft prompt": r["soft"],
+             "best hard prompt": r["best_hard"], "which hard prompt": r["best_hard_system"].removeprefix("hard: "),
+             "bare model": r["bare"], "soft ahead": r["soft"] > r["best_hard"],
+             "train min": (r["train_s"] or 0) / 60} for r in table["rows"]]
+    return {"rows": rows, "wins": sum(r["soft ahead"] for r in rows), "machine": table["machine"]}
+
+
+def start_report(task: str, lengths: list[int], inits: list[str], steps: int = 0) -> Path:
+    """Run a report in its own process (`python -m workbench report ...`); returns its log file."""
+    from core.store.jobs import spawn
+
+    log = report_path(task).with_suffix(".log")
+    args = ["report", "--task", task, "--lengths", *map(str, sorted(lengths)), "--inits", *inits]
+    spawn(args + (["--steps", str(steps)] if steps else []), log)
+    return log

@@ -29,9 +29,6 @@ from core.model.adapters import adapter_prompt
 from core.store.runs import Run
 from core.explore.vocabgraph import PromptPoints, graph_tables, knn_graph, map_graph, spanning_tree
 
-PREFIX_MESSAGE = "Prefix tuning learns per-layer keys/values, not input embeddings"
-P_TUNING_NOTE = ("P-tuning: the saved prompt_embeddings are the prompt encoder's output (what the model "
-                 "receives), not the encoder's own parameters.")
 GRAPHISTRY_FIELDS = {  # settings key -> environment variables, first found wins
     "server": ("GRAPHISTRY_SERVER", "GRAPHISTRY_HOSTNAME"), "protocol": ("GRAPHISTRY_PROTOCOL",),
     "username": ("GRAPHISTRY_USERNAME",), "password": ("GRAPHISTRY_PASSWORD",),
@@ -39,12 +36,7 @@ GRAPHISTRY_FIELDS = {  # settings key -> environment variables, first found wins
     "token": ("GRAPHISTRY_API_TOKEN",),
 }
 GRAPHISTRY_AUTH = (("username", "password"), ("personal_key_id", "personal_key_secret"), ("token",))
-GRAPHISTRY_HELP = (
-    "Graphistry is not configured. Set GRAPHISTRY_SERVER (e.g. hub.graphistry.com) and one credential: "
-    "GRAPHISTRY_USERNAME + GRAPHISTRY_PASSWORD, or GRAPHISTRY_PERSONAL_KEY_ID + GRAPHISTRY_PERSONAL_KEY_SECRET, "
-    "or GRAPHISTRY_API_TOKEN (optional: GRAPHISTRY_PROTOCOL, default https); or put the same keys in lower case "
-    "(server, username, password, ...) under [graphistry] in .streamlit/secrets.toml, then restart the app. "
-    "GRAPHISTRY_API_KEY (the legacy api=1 key) is not supported by graphistry 0.61.")
+
 
 
 @dataclass(frozen=True)
@@ -228,7 +220,7 @@ def table_bytes(frame: pd.DataFrame, fmt: str) -> bytes:
 def graphistry_settings(env=None, secrets=None) -> dict | None:
     """Server and credentials from the environment, else from a [graphistry] secrets mapping.
 
-    None unless there is a server and one complete credential (see GRAPHISTRY_HELP).
+    None unless there is a server and one complete credential (see docs/configuration.md).
     """
     env = os.environ if env is None else env
     secrets = {str(k).lower(): v for k, v in dict(secrets or {}).items()}

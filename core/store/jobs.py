@@ -80,13 +80,13 @@ def resume(run_id: str, queue: bool | None = None) -> Run:
 def cancel(run_id: str) -> str:
     """Ask a running run to save and stop (SIGTERM); a queued run is cancelled at once."""
     run = Run.open(run_id)
-    st = run.status()
-    if st.get("state") == RunState.QUEUED:
+    status = run.status()
+    if status.get("state") == RunState.QUEUED:
         run.set_status(state=RunState.CANCELLED)
         return RunState.CANCELLED.value
-    if st.get("state") not in (RunState.RUNNING, RunState.STARTING) or not st.get("pid"):
-        raise WorkbenchError(f"Run {run_id!r} is not running (state: {st.get('state')}).")
-    os.kill(int(st["pid"]), signal.SIGTERM)
+    if status.get("state") not in (RunState.RUNNING, RunState.STARTING) or not status.get("pid"):
+        raise WorkbenchError(f"Run {run_id!r} is not running (state: {status.get('state')}).")
+    os.kill(int(status["pid"]), signal.SIGTERM)
     run.set_status(cancel_requested=time.time())
     return "stopping"
 

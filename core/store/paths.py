@@ -80,10 +80,10 @@ class IdFolder:
         return cls(item_id, path)
 
     def set_status(self, **fields) -> dict:
-        st = read_json(self.path / "status.json", default={}) or {}
-        st.update(fields, updated=time.time())
-        write_json_atomic(self.path / "status.json", st)
-        return st
+        status = read_json(self.path / "status.json", default={}) or {}
+        status.update(fields, updated=time.time())
+        write_json_atomic(self.path / "status.json", status)
+        return status
 
 
 def safe_filename(name: str) -> str:

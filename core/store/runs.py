@@ -67,11 +67,11 @@ class Run(IdFolder):
 
     def status(self) -> dict:
         """The status file, with a run whose process died mid-way reported as `interrupted`."""
-        st = read_json(self.path / "status.json", default={}) or {}
-        if st.get("state") in (RunState.RUNNING, RunState.STARTING) and not _alive(st.get("pid")):
-            st = {**st, "state": RunState.INTERRUPTED, "error": "The training process ended without finishing (its output is in log.txt in the "
+        status = read_json(self.path / "status.json", default={}) or {}
+        if status.get("state") in (RunState.RUNNING, RunState.STARTING) and not _alive(status.get("pid")):
+            status = {**status, "state": RunState.INTERRUPTED, "error": "The training process ended without finishing (its output is in log.txt in the "
                            "run folder); resume it from its last checkpoint."}
-        return st
+        return status
 
     def log_metrics(self, row: dict) -> None:
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -115,13 +115,13 @@ class Run(IdFolder):
         return None
 
     def summary(self) -> dict:
-        st, cfg = self.status(), read_json(self.path / "config.json", default={}) or {}
+        status, cfg = self.status(), read_json(self.path / "config.json", default={}) or {}
         evals = [m["eval_loss"] for m in self.metrics() if "eval_loss" in m]
         return {
             "id": self.id, "model": cfg.get("model"), "task": cfg.get("task"), "method": cfg.get("method"),
-            "tokens": cfg.get("num_virtual_tokens"), "steps": cfg.get("max_steps"), "state": st.get("state"),
-            "step": st.get("step", 0), "best_eval_loss": min(evals) if evals else None,
-            "duration_s": st.get("elapsed"), "created": st.get("created"),
+            "tokens": cfg.get("num_virtual_tokens"), "steps": cfg.get("max_steps"), "state": status.get("state"),
+            "step": status.get("step", 0), "best_eval_loss": min(evals) if evals else None,
+            "duration_s": status.get("elapsed"), "created": status.get("created"),
         }
 
 

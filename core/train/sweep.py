@@ -66,11 +66,11 @@ class Sweep(IdFolder):
 
     def status(self) -> dict:
         """The status file, with a sweep whose process died reported as `interrupted` (as runs are)."""
-        st = read_json(self.path / "status.json", default={}) or {}
-        if st.get("state") in ACTIVE and st.get("pid") and not _alive(st["pid"]):
-            st = {**st, "state": "interrupted", "error": "The sweep process ended without finishing (see log.txt "
+        status = read_json(self.path / "status.json", default={}) or {}
+        if status.get("state") in ACTIVE and status.get("pid") and not _alive(status["pid"]):
+            status = {**status, "state": "interrupted", "error": "The sweep process ended without finishing (see log.txt "
                   "in the sweep folder); start the sweep again to train the remaining trials."}
-        return st
+        return status
 
     def trials(self) -> list[dict]:
         path = self.path / "trials.jsonl"
@@ -82,14 +82,14 @@ class Sweep(IdFolder):
 
     def results(self) -> list[dict]:
         """One row per grid point: finished trials, the current one, then those still pending."""
-        st = self.status()
+        status = self.status()
         rows = [_row(t["number"], t["params"], t["state"], **{k: t.get(k) for k in ROW_KEYS})
                 for t in self.trials()]
-        cur = st.get("current")
+        cur = status.get("current")
         if cur and cur["number"] not in {r["trial"] for r in rows}:
             try:
                 s = Run.open(cur["run_id"]).summary()
-                state = st["state"] if st.get("state") in ("interrupted", "cancelled") else s["state"]
+                state = status["state"] if status.get("state") in ("interrupted", "cancelled") else s["state"]
                 rows.append(_row(cur["number"], cur["params"], state, eval_loss=s["best_eval_loss"], step=s["step"],
                                  run_id=cur["run_id"]))
             except WorkbenchError:
@@ -100,11 +100,11 @@ class Sweep(IdFolder):
 
     def run(self, on_trial: Callable[[dict], None] | None = None) -> dict:
         """Train the trials not finished yet, one after another, in this process; returns the final status."""
-        st = self.status()
-        if st.get("state") == "cancelled" and st.get("pid") == os.getpid():
-            return st  # cancelled while this process was starting
-        if st.get("state") == "running" and st.get("pid") != os.getpid():
-            raise WorkbenchError(f"Sweep {self.id!r} is already running (pid {st.get('pid')}).")
+        status = self.status()
+        if status.get("state") == "cancelled" and status.get("pid") == os.getpid():
+            return status  # cancelled while this process was starting
+        if status.get("state") == "running" and status.get("pid") != os.getpid():
+            raise WorkbenchError(f"Sweep {self.id!r} is already running (pid {status.get('pid')}).")
         stop = {"requested": False}
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("requested", True))
         try:
@@ -152,19 +152,19 @@ class Sweep(IdFolder):
         self.set_status(current={"number": trial.number, "params": params, "run_id": run.id})
         pruning, t0 = PruneCallback(trial, run), time.time()
         try:
-            st = train(run, extra_callbacks=(pruning,))
+            status = train(run, extra_callbacks=(pruning,))
         except Exception as e:  # already recorded in the run's status; the next trial may still work
-            st = {"state": "failed", "error": f"{type(e).__name__}: {e}", "step": run.status().get("step")}
-        if st["state"] == "cancelled":
+            status = {"state": "failed", "error": f"{type(e).__name__}: {e}", "step": run.status().get("step")}
+        if status["state"] == "cancelled":
             return None
-        state = "pruned" if st["state"] == "completed" and pruning.pruned_step is not None else st["state"]
+        state = "pruned" if status["state"] == "completed" and pruning.pruned_step is not None else status["state"]
         losses = [v for v in pruning.losses.values() if math.isfinite(v)]
         if state == "completed" and not losses:
-            state, st = "failed", {**st, "error": "No validation loss was reported: the task needs validation data."}
+            state, status = "failed", {**status, "error": "No validation loss was reported: the task needs validation data."}
         return {"number": trial.number, "params": params, "run_id": run.id, "state": state,
-                "eval_loss": min(losses) if losses else None, "step": st.get("step"),
+                "eval_loss": min(losses) if losses else None, "step": status.get("step"),
                 "pruned_step": pruning.pruned_step, "intermediate": pruning.losses,
-                "error": st.get("error") if state == "failed" else None, "duration_s": round(time.time() - t0, 2)}
+                "error": status.get("error") if state == "failed" else None, "duration_s": round(time.time() - t0, 2)}
 
 
 class PruneCallback(TrainerCallback):
@@ -255,20 +255,20 @@ def best_trial(rows: list[dict]) -> dict | None:
 def list_sweeps() -> list[dict]:
     out = []
     for sw in (Sweep(p.name, p) for p in sorted(sweep_path().iterdir(), reverse=True) if (p / "sweep.json").exists()):
-        spec, st, best = sw.spec(), sw.status(), best_trial(sw.trials())
+        spec, status, best = sw.spec(), sw.status(), best_trial(sw.trials())
         out.append({"id": sw.id, "task": spec["base"].get("task"), "method": spec["base"].get("method"),
                     "tokens": spec["grid"]["num_virtual_tokens"], "learning_rates": spec["grid"]["learning_rate"],
-                    "state": st.get("state"), "trials": st.get("trials", 0), "total": st.get("total"),
+                    "state": status.get("state"), "trials": status.get("trials", 0), "total": status.get("total"),
                     "best_eval_loss": best and best["eval_loss"], "best_params": best and best["params"],
-                    "created": st.get("created")})
+                    "created": status.get("created")})
     return out
 
 
 def launch(sweep: Sweep) -> int:
     """Run the sweep in its own process (`python -m workbench sweep --sweep ID`); returns its pid."""
-    st = sweep.status()
-    if st.get("state") in ACTIVE and st.get("pid"):
-        raise WorkbenchError(f"Sweep {sweep.id!r} is already {st['state']}.")
+    status = sweep.status()
+    if status.get("state") in ACTIVE and status.get("pid"):
+        raise WorkbenchError(f"Sweep {sweep.id!r} is already {status['state']}.")
     sweep.set_status(state="queued", error=None)
     return sweep.set_status(pid=spawn(["sweep", "--sweep", sweep.id], sweep.path / "log.txt"))["pid"]
 
@@ -276,11 +276,11 @@ def launch(sweep: Sweep) -> int:
 def cancel(sweep_id: str) -> str:
     """SIGTERM the sweep process: the current trial saves and stops, the sweep ends cancelled."""
     sweep = Sweep.open(sweep_id)
-    st = sweep.status()
-    if st.get("state") not in ACTIVE:
-        raise WorkbenchError(f"Sweep {sweep_id!r} is not running (state: {st.get('state')}).")
-    if st.get("pid"):
-        os.kill(int(st["pid"]), signal.SIGTERM)
-    queued = st["state"] == "queued"  # not started yet: it stops before its first trial (or dies at once)
+    status = sweep.status()
+    if status.get("state") not in ACTIVE:
+        raise WorkbenchError(f"Sweep {sweep_id!r} is not running (state: {status.get('state')}).")
+    if status.get("pid"):
+        os.kill(int(status["pid"]), signal.SIGTERM)
+    queued = status["state"] == "queued"  # not started yet: it stops before its first trial (or dies at once)
     sweep.set_status(**({"state": "cancelled"} if queued else {"cancel_requested": time.time()}))
     return "cancelled" if queued else "stopping"

@@ -109,10 +109,10 @@ class RunCallback(TrainerCallback):
         done = state.global_step - self.step0
         rate = (now - self.t0) / done if done else None
         eta = rate * (state.max_steps - state.global_step) if rate else None
-        st = self.run.set_status(state=RunState.RUNNING, step=state.global_step, total=state.max_steps,
+        result = self.run.set_status(state=RunState.RUNNING, step=state.global_step, total=state.max_steps,
                                  loss=self.last_loss, eta=eta, sec_per_step=rate)
         if self.progress:
-            self.progress(st)
+            self.progress(result)
 
 
 class PromptTrainer(Trainer):
