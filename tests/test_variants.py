@@ -2,6 +2,7 @@
 import pytest
 
 from core.evaluate.variants import TRANSFORMS, applicable, shifted, transform_input, variants
+from core.store.paths import WorkbenchError
 from core.tasks import BUILTIN, load_task
 
 EVERY_TASK = {"casing", "punct_spacing", "whitespace", "quotes", "preface"}
@@ -73,7 +74,7 @@ def test_transforms_on_other_data():
     assert transform_input({"input": "  padded\n", "target": "x"}, "whitespace") == "padded"
     assert transform_input({"input": "Good film, and fun.", "target": "x"}, "punct_spacing") == "Good film , and fun ."
     assert transform_input({"input": "a film ( sort of ) .", "target": "x"}, "punct_spacing") == "a film (sort of)."
-    with pytest.raises(ValueError, match="Unknown format variant"):
+    with pytest.raises(WorkbenchError, match="Unknown format variant"):
         variants([inline], ["upside_down"])
 
 

@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from core.store.paths import WorkbenchError
+
 # Field labels and their short forms ("Question:" <-> "Q:"); any capitalised word before a colon at
 # the start of a line counts as a label when the input has two or more of them.
 SHORT = {"Question": "Q", "Context": "C", "Answer": "A", "Passage": "P", "Review": "R", "Sentence": "S",
@@ -147,7 +149,7 @@ def transform_input(example: dict, name: str, seed: int = 0) -> str:
 def _check(names) -> list[str]:
     unknown = [n for n in names if n not in TRANSFORMS]
     if unknown:
-        raise ValueError(f"Unknown format variant(s) {unknown}: use {', '.join(TRANSFORMS)}.")
+        raise WorkbenchError(f"Unknown format variant(s) {unknown}: use {', '.join(TRANSFORMS)}.")
     return list(names)
 
 
