@@ -2,12 +2,14 @@
 import streamlit as st
 
 from core.evaluate.compare import CompareSpec, hard_systems, run_comparison, soft_system, stored
+from core.evaluate.robustness import run_robustness
+from core.evaluate.variants import TRANSFORMS
 from core.generate.generator import Decoding
 from core.model.loading import DEFAULT_MODEL
 from core.errors import WorkbenchError
 from core.store.runs import FINISHED, list_runs
 from core.tasks import BUILTIN, guess_columns, load_records, load_task, peek, save_upload
-from workbench.compare_view import render_metrics, render_rows
+from workbench.compare_view import render_metrics, render_robustness, render_rows
 from workbench.state import generator, sentence_embedder
 
 st.title("Compare soft and hard prompts")
@@ -95,14 +97,25 @@ except WorkbenchError as e:
 if not picked:
     st.info("No soft prompt picked: train one on the Tune page to see what it buys over the hard prompts.")
 spec = CompareSpec(inputs, systems, decoding, task.spec.kind, task.spec.labels, task.spec.main_metric)
+c3, c4 = st.columns(2)
+robust = c3.checkbox("also on format variants", key="cmp_variants",
+                     help="Run every system again on copies of the inputs with the same meaning but another "
+                          "layout (line breaks, field names, casing, spacing, quotes, a preface): a prompt that "
+                          "leans on the exact format of its training data drops here.")
+k = c4.slider("Format variants", 1, len(TRANSFORMS), 3, key="cmp_k", disabled=not robust,
+              help="How many transforms, besides a mixed 'shifted' copy (one random transform per input).")
 
 if st.button("Compare", type="primary", key="cmp_go"):
+    st.session_state["cmp_robust"] = None
     bar = st.progress(0.0, text="starting…")
     try:
         embedder = sentence_embedder() if all(x["target"] for x in inputs) else None
         result = run_comparison(generator(model), spec, model, embedder,
                                 progress=lambda f, msg: bar.progress(f, text=msg))
         st.session_state["cmp_key"] = result["key"]
+        if robust:
+            st.session_state["cmp_robust"] = run_robustness(generator(model), spec, model, int(k),
+                                                            progress=lambda f, msg: bar.progress(f, text=msg))
     except WorkbenchError as e:
         st.error(str(e))
     bar.empty()
@@ -111,11 +124,16 @@ result = stored(st.session_state["cmp_key"]) if st.session_state.get("cmp_key") 
 if result:
     st.caption(f"{len(result['inputs'])} inputs × {len(result['systems'])} systems, "
                f"generated in {result['seconds']:.1f} s · same decoding for every system: {result['decoding']}")
-    tab_metrics, tab_rows = st.tabs(["Metrics", "Outputs"])
-    with tab_metrics:
+    robustness = st.session_state.get("cmp_robust")
+    robustness = robustness if robustness and robustness["keys"]["original"] == result["key"] else None
+    tabs = st.tabs(["Metrics", "Outputs"] + (["Robustness"] if robustness else []))
+    with tabs[0]:
         render_metrics(result)
-    with tab_rows:
+    with tabs[1]:
         render_rows(result)
+    if robustness:
+        with tabs[2]:
+            render_robustness(robustness)
 
 st.subheader("Playground")
 text = st.text_input("Type one input: every system above answers it", key="cmp_play")

@@ -84,3 +84,16 @@ def test_import_adapter_round_trip(home, capsys, tiny_model_dir, toy_data, tmp_p
 
 def _flags(cfg):
     return [f"--{k.replace('_', '-')}={v}" for k, v in cfg.to_dict().items() if v is not None and not isinstance(v, list)]
+
+
+def test_robustness_prints_the_spread_per_system(home, capsys, tiny_model_dir):
+    args = ["robustness", "--task", "qa", "-n", "2", "--model", tiny_model_dir, "--k", "1",
+            "--max-new-tokens", "2", "--shots", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "qa test, 2 inputs, token_f1" in out and "line_breaks" in out and "worst" in out
+    assert all(s in out for s in ("hard: default", "hard: 1-shot", "bare model"))
+    assert main(args + ["--json"]) == 0  # read back from the stored comparisons
+    result = json.loads(capsys.readouterr().out)
+    assert result["variants"] == ["original", "shifted", "line_breaks"] and len(result["systems"]) == 3
+    assert main(["robustness", "--task", "qa", "--model", tiny_model_dir, "--variants", "upside_down"]) == 2

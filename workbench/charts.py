@@ -89,3 +89,23 @@ def report_figure(report: dict, value: str = "metric", height: int = 380) -> go.
     fig.update_xaxes(tickvals=lengths, type="log" if lengths and lengths[-1] >= 8 * lengths[0] else "linear")
     label = f"validation {report['metric']}" if value == "metric" else "best validation loss"
     return _layout(fig, height, "prompt length (virtual tokens)", label)
+
+
+def robustness_figure(result: dict, height: int = 380) -> go.Figure:
+    """One box per system over its score on each format variant (every variant a labelled point),
+    the score on the original inputs as a diamond: a wide box or a low point is a fragile prompt.
+
+    result: `core.evaluate.robustness.run_robustness`."""
+    fig = go.Figure()
+    shown = [v for v in result["variants"] if v != "original"]
+    for i, (name, r) in enumerate(result["systems"].items()):
+        color = PALETTE[0] if name.startswith("soft:") else PALETTE[1 + i % (len(PALETTE) - 1)]
+        fig.add_box(x=[name] * len(shown), y=[r["scores"][v] for v in shown], name=name, boxpoints="all",
+                    jitter=0.4, pointpos=0, marker=dict(color=color, size=8), line=dict(color=color),
+                    customdata=shown, hovertemplate="%{customdata}: %{y:.3f}<extra>" + name + "</extra>",
+                    showlegend=False)
+        if "original" in r["scores"]:
+            fig.add_scatter(x=[name], y=[r["scores"]["original"]], mode="markers", name="original inputs",
+                            marker=dict(symbol="diamond", size=12, color="black"), legendgroup="original",
+                            showlegend=i == 0, hovertemplate="original: %{y:.3f}<extra>" + name + "</extra>")
+    return _layout(fig, height, "system", f"{result['metric']} per format variant")

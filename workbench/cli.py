@@ -1,4 +1,4 @@
-"""Headless entry point: `python -m workbench tune|resume|runs|generate|cancel|delete|import-adapter|sweep`.
+"""Headless entry point: `python -m workbench tune|resume|runs|generate|cancel|delete|import-adapter|sweep|report|robustness`.
 
 The tune flags are generated from TuneConfig, so the CLI, the form and the saved run agree.
 The app starts runs through this same entry point (`tune --run-dir`), in their own process.
@@ -76,6 +76,19 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--inits", nargs="+", default=None, help="init strategies (default: all four)")
     rep.add_argument("--steps", type=int, default=None, help="training steps per point (default: the task's)")
     rep.add_argument("--out", help="report file (default: workspace/reports/<task>.json)")
+    rob = sub.add_parser("robustness", help="compare soft / hard prompts on a task split and on format variants of it")
+    rob.add_argument("--task", default="qa", help="built-in task (default: qa)")
+    rob.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    rob.add_argument("-n", type=int, help="first n inputs of the split (default: all)")
+    rob.add_argument("--model", default="smollm2-135m-instruct")
+    rob.add_argument("--runs", nargs="*", default=[], help="trained runs to compare as soft prompts")
+    rob.add_argument("--shots", type=int, default=0, help="add a k-shot hard prompt (default: none)")
+    rob.add_argument("--format", default="plain", choices=["plain", "chat"], help="hard prompt format")
+    rob.add_argument("--max-new-tokens", type=int, help="default: the task's answer length")
+    rob.add_argument("--k", type=int, default=3, help="format variants besides the shifted split (default: 3)")
+    rob.add_argument("--variants", nargs="+", help="the transforms to use, by name (default: the first k that apply)")
+    rob.add_argument("--seed", type=int, default=0)
+    rob.add_argument("--json", action="store_true")
     return p
 
 
@@ -218,6 +231,36 @@ def cmd_report(a) -> int:
     return 0
 
 
+def cmd_robustness(a) -> int:
+    from core.evaluate.compare import CompareSpec, hard_systems, soft_system
+    from core.evaluate.robustness import robustness_rows, run_robustness
+    from core.generate.generator import Generator
+    from core.model.loading import load_model
+    from core.tasks import load_task
+
+    task = load_task(a.task)
+    systems = [soft_system(r, a.model) for r in a.runs] + hard_systems(task, a.format, a.shots)
+    spec = CompareSpec.for_task(task, a.split, systems)
+    spec.inputs = spec.inputs[:a.n] if a.n else spec.inputs
+    spec.decoding.max_new_tokens = a.max_new_tokens or spec.decoding.max_new_tokens
+    lm = load_model(a.model)
+    r = run_robustness(Generator(lm.model, lm.tokenizer), spec, a.model, a.k, a.variants, a.seed,
+                       progress=lambda f, msg: print(f"{f:4.0%} {msg}", file=sys.stderr, flush=True))
+    rows = robustness_rows(r)
+    if a.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"{a.task} {a.split}, {len(spec.inputs)} inputs, {r['metric']}:")
+    for v in r["variants"]:
+        print(f"  {v:<14} {r['descriptions'][v]}")
+    cols = list(rows[0])
+    print("  ".join(f"{c:<22}" if c == "system" else f"{c[:13]:>13}" for c in cols))
+    for row in rows:
+        print("  ".join(f"{row[c]:<22}" if c == "system" else f"{row[c]:>13.3f}" if isinstance(row[c], float)
+                        else f"{str(row[c])[:13]:>13}" for c in cols))
+    return 0
+
+
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
@@ -241,7 +284,7 @@ def main(argv=None) -> int:
             print(f"imported as run {import_adapter(a.path, a.model, a.task).id}")
             return 0
         return {"runs": cmd_runs, "generate": cmd_generate, "cancel": cmd_cancel, "sweep": cmd_sweep,
-                "report": cmd_report}[a.cmd](a)
+                "report": cmd_report, "robustness": cmd_robustness}[a.cmd](a)
     except ConfigError as e:
         for k, v in e.errors.items():
             print(f"error: --{k.replace('_', '-')}: {v}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Rendering of a stored comparison: metrics with CIs, the side-by-side table, row details."""
+"""Rendering of a stored comparison: metrics with CIs, the side-by-side table, row details, and the
+scores on format variants of the inputs."""
 from __future__ import annotations
 
 import re
@@ -6,8 +7,9 @@ import re
 import pandas as pd
 import streamlit as st
 
-from workbench.charts import metric_figure
+from workbench.charts import metric_figure, robustness_figure
 from core.evaluate.compare import disagreeing, soft_loses, table_rows, to_csv, to_json
+from core.evaluate.robustness import robustness_rows
 from core.evaluate.metrics import token_f1
 
 
@@ -62,3 +64,16 @@ def render_rows(result: dict) -> None:
                        mime="text/csv", key="cmp_csv")
     c2.download_button("Export JSON", to_json(result), file_name=f"comparison-{result['key']}.json",
                        mime="application/json", key="cmp_json")
+
+
+def render_robustness(result: dict) -> None:
+    """Per system: the main metric on the original inputs and on each format variant, the spread
+    over the variants (worst one named) as a table, and a box per system."""
+    st.caption(f"{result['metric']} (mean over inputs) with the same systems and decoding on format variants "
+               "of the inputs: the meaning is unchanged, only the layout. drop: original minus the worst variant.")
+    table = pd.DataFrame(robustness_rows(result)).set_index("system")
+    st.dataframe(table.style.format(precision=3, subset=[c for c in table.columns if c != "worst"]),
+                 width="stretch", key="cmp_robust_table")
+    st.plotly_chart(robustness_figure(result), key="cmp_robust_chart")
+    st.dataframe(pd.DataFrame([{"variant": v, "what it does": d} for v, d in result["descriptions"].items()]),
+                 hide_index=True, width="stretch", key="cmp_robust_variants")
