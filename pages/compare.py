@@ -3,7 +3,7 @@ import streamlit as st
 
 from core.evaluate.compare import CompareSpec, hard_systems, run_comparison, soft_system, stored
 from core.evaluate.robustness import run_robustness
-from core.evaluate.variants import TRANSFORMS
+from core.generate.variants import TRANSFORMS
 from core.generate.generator import Decoding
 from core.model.loading import DEFAULT_MODEL
 from core.errors import WorkbenchError

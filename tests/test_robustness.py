@@ -3,10 +3,10 @@ import pytest
 
 from core.evaluate.compare import CompareSpec, hard_systems, run_comparison, soft_system, stored
 from core.evaluate.robustness import ORIGINAL, robustness_rows, run_robustness, variant_inputs
-from core.evaluate.variants import SHIFTED, shifted, variants
+from core.generate.variants import SHIFTED, shifted, variants
 from core.generate.generator import Decoding, Generator
 from core.model.loading import load_model
-from core.store.paths import WorkbenchError
+from core.errors import WorkbenchError
 from core.store.runs import new_run
 from core.tasks import load_task
 from core.train import training

@@ -1,8 +1,8 @@
 """Format variants: deterministic, not no-ops on the built-in tasks, references kept valid."""
 import pytest
 
-from core.evaluate.variants import TRANSFORMS, applicable, shifted, transform_input, variants
-from core.store.paths import WorkbenchError
+from core.generate.variants import TRANSFORMS, applicable, shifted, transform_input, variants
+from core.errors import WorkbenchError
 from core.tasks import BUILTIN, load_task
 
 EVERY_TASK = {"casing", "punct_spacing", "whitespace", "quotes", "preface"}

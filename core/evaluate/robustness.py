@@ -11,9 +11,9 @@ import dataclasses
 from typing import Callable
 
 from core.evaluate.compare import CompareSpec, run_comparison
-from core.evaluate.variants import SHIFTED, TRANSFORMS, applicable, shifted, variants
+from core.generate.variants import SHIFTED, TRANSFORMS, applicable, shifted, variants
 from core.generate.generator import Generator
-from core.store.paths import WorkbenchError
+from core.errors import WorkbenchError
 
 ORIGINAL = "original"
 

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from core.store.paths import WorkbenchError
+from core.errors import WorkbenchError
 
 # Field labels and their short forms ("Question:" <-> "Q:"); any capitalised word before a colon at
 # the start of a line counts as a label when the input has two or more of them.
