@@ -19,6 +19,7 @@ table; --readme replaces the table between the README's results markers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -32,6 +33,7 @@ from bench.bench_memory import measured  # noqa: E402
 from core.evaluate.compare import CompareSpec, hard_systems, run_comparison, soft_system  # noqa: E402
 from core.config import TuneConfig  # noqa: E402
 from core.generate.generator import Generator, System  # noqa: E402
+from core.generate.variants import shifted  # noqa: E402
 from core.store.paths import read_json  # noqa: E402
 from core.evaluate.report import machine, run_for_config  # noqa: E402
 from core.store.runs import Run  # noqa: E402
@@ -70,49 +72,62 @@ def trained_run(cfg: TuneConfig, tag: str) -> tuple[Run, dict]:
     return run, info
 
 
-def scores(gen: Generator, model: str, task, systems: list[System], split: str) -> tuple[dict, dict, dict]:
-    """Per system: mean of the task's main metric, its 95% CI, and the first output (stored by key)."""
-    result = run_comparison(gen, CompareSpec.for_task(task, split, systems), model)
+def scores(gen: Generator, model: str, task, systems: list[System], split: str,
+           shift: bool = False) -> tuple[dict, dict, dict]:
+    """Per system: mean of the task's main metric, its 95% CI, and the first output (stored by key).
+    shift: on the split's shifted variant (core/generate/variants.py: one random format transform per input)."""
+    spec = CompareSpec.for_task(task, split, systems)
+    if shift:
+        spec = dataclasses.replace(spec, inputs=shifted(spec.inputs, seed=0))
+    result = run_comparison(gen, spec, model)
     rows = [r for r in result["summary"] if r["metric"] == task.spec.main_metric]
     return ({r["system"]: r["mean"] for r in rows}, {r["system"]: (r["low"], r["high"]) for r in rows},
             {name: out[0] for name, out in result["outputs"].items()})
 
 
-def evaluate(gen: Generator, task, run: Run, split: str) -> dict:
-    """The soft prompt, and the hard prompts and bare model (computed once per task and split)."""
+def evaluate(gen: Generator, task, run: Run, split: str, shift: bool = False) -> dict:
+    """The soft prompt, and the hard prompts and bare model (computed once per task and split), on the
+    split as it is or (shift) on its shifted variant."""
     hard_list = [System(f"{s.name} ({fmt})", s.template, fmt)
                  for fmt in ("chat", "plain") for s in hard_systems(task, fmt, shots=SHOTS)[:2]]  # 0- and k-shot
     model = run.config().model
-    means, cis, first = scores(gen, model, task, hard_list + [System("bare model", "{input}", "chat")], split)
+    means, cis, first = scores(gen, model, task, hard_list + [System("bare model", "{input}", "chat")], split, shift)
     soft = soft_system(run.id, model)
-    s_mean, s_ci, s_first = scores(gen, model, task, [soft], split)
+    s_mean, s_ci, s_first = scores(gen, model, task, [soft], split, shift)
     hard = {n: v for n, v in means.items() if n.startswith("hard")}
     best = max(hard, key=hard.get)
     example = task.split(split)[0]
     return {"metric": task.spec.main_metric, "n": len(task.split(split)), "soft": s_mean[soft.name],
             "soft_ci": s_ci[soft.name], "best_hard": hard[best], "best_hard_system": best, "best_hard_ci": cis[best],
-            "bare": means["bare model"], "hard": hard,
+            "bare": means["bare model"], "bare_ci": cis["bare model"], "hard": hard,
             "example": {"input": example["input"], "reference": example["target"], "soft": s_first[soft.name],
                         "best_hard": first[best]}}
 
 
 def table(rows: list[dict], split: str) -> str:
-    lines = [f"| task | metric ({split}, n) | soft prompt | best hard prompt | bare model | soft wins | "
-             "train time | peak RSS | defaults |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| task | metric ({split}, n) | soft prompt | best hard prompt | bare model | soft, shifted | "
+             "best hard, shifted | soft ahead (as is / shifted) | train time | peak RSS | defaults |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def pair(soft: float, hard: float) -> tuple[str, str]:
+        a, b = f"{soft:.3f}", f"{hard:.3f}"
+        return (f"**{a}**", b) if soft > hard else (a, f"**{b}**")
+
     for r in rows:
-        d = r["config"]
+        d, sh = r["config"], r["shifted"]
         defaults = (f"{d['method']}, {d['num_virtual_tokens']} tok, {d['init']} init, lr {d['learning_rate']:g}, "
-                    f"{d['max_steps']} steps x {d['batch_size']}, {d['prompt_format']}")
-        win = r["soft"] > r["best_hard"]
-        soft, hard = f"{r['soft']:.3f}", f"{r['best_hard']:.3f}"
-        soft, hard = (f"**{soft}**", hard) if win else (soft, f"**{hard}**")
+                    f"{d['max_steps']} steps x {d['batch_size']}, {d['prompt_format']}"
+                    + (f", format augmentation {d['format_augmentation']:g}" if d.get("format_augmentation") else ""))
+        soft, hard = pair(r["soft"], r["best_hard"])
+        s_soft, s_hard = pair(sh["soft"], sh["best_hard"])
+        ahead = f"{'yes' if r['soft'] > r['best_hard'] else 'no'} / {'yes' if sh['soft'] > sh['best_hard'] else 'no'}"
         lines.append(f"| {r['task']} | {r['metric']} (n={r['n']}) | {soft} | {hard} "
-                     f"({r['best_hard_system'].removeprefix('hard: ')}) | {r['bare']:.3f} | "
-                     f"{'yes' if win else 'no'} | {r['train_s'] / 60:.1f} min | "
-                     f"{r['peak_rss_gib']:.2f} GiB | {defaults} |")
+                     f"({r['best_hard_system'].removeprefix('hard: ')}) | {r['bare']:.3f} | {s_soft} | {s_hard} | "
+                     f"{ahead} | {r['train_s'] / 60:.1f} min | {(r['peak_rss_gib'] or 0):.2f} GiB | {defaults} |")
     wins = sum(r["soft"] > r["best_hard"] for r in rows)
-    lines.append(f"\nSoft prompt ahead of the best hard prompt on {wins} of {len(rows)} tasks.")
+    wins_shifted = sum(r["shifted"]["soft"] > r["shifted"]["best_hard"] for r in rows)
+    lines.append(f"\nSoft prompt ahead of the best hard prompt on {wins} of {len(rows)} tasks as shipped, and on "
+                 f"{wins_shifted} of {len(rows)} on the shifted split (each input in a random format variant).")
     return "\n".join(lines)
 
 
@@ -144,12 +159,16 @@ def main(argv=None) -> int:
             lm = load_model(cfg.model)
             gen = Generator(lm.model, lm.tokenizer)
         t0 = time.time()
-        row = {"task": name, "run": run.id, **info, **evaluate(gen, load_task(name), run, a.split),
+        task = load_task(name)
+        row = {"task": name, "run": run.id, **info, **evaluate(gen, task, run, a.split),
+               "shifted": evaluate(gen, task, run, a.split, shift=True),
                "eval_s": round(time.time() - t0, 1), "config": cfg.to_dict()}
         rows.append(row)
+        sh = row["shifted"]
         print(f"{name}: {row['metric']} soft {row['soft']:.3f} | best hard {row['best_hard']:.3f} "
-              f"({row['best_hard_system']}) | bare {row['bare']:.3f} | train {info['train_s']:.0f} s, "
-              f"peak {info['peak_rss_gib']:.2f} GiB", flush=True)
+              f"({row['best_hard_system']}) | bare {row['bare']:.3f} | shifted: soft {sh['soft']:.3f}, best hard "
+              f"{sh['best_hard']:.3f}, bare {sh['bare']:.3f} | train {info['train_s']:.0f} s, "
+              f"peak {(info['peak_rss_gib'] or 0):.2f} GiB", flush=True)
     tag = a.tag.strip("-")
     out = REPO / "bench-results" / (f"results-{a.split}" + (f"-{tag}" if tag else "") + ".json")
     out.parent.mkdir(exist_ok=True)

@@ -91,6 +91,10 @@ class TuneConfig:
     save_every: int = _f(50, "Save a checkpoint every N steps.", min=1)
     early_stopping_patience: int = _f(0, "Stop after N evaluations without improvement (0 = off).", min=0)
     train_examples: int = _f(0, "Use at most N training examples (0 = all).", min=0)
+    format_augmentation: float = _f(0.0, "Share of training examples also given in a random format variant "
+                                    "(line breaks, field names, casing, punctuation spacing, quotes, a preface), so "
+                                    "the prompt holds up when inputs are laid out differently: 0 = off, 0.5 adds a "
+                                    "reworded copy of half of them.")
     precision: Precision = _f(Precision.FP32, "Training arithmetic of the frozen model: fp32, or bf16 autocast "
                               "(the soft prompt stays fp32; about 2x faster on CPUs with AVX512-BF16/AMX and on "
                               "recent GPUs, slower on CPUs without them).")
@@ -121,6 +125,9 @@ class TuneConfig:
                 errors[name] = f"{value!r} is not a finite number."
             elif value < 0 or (name == "learning_rate" and value == 0) or (name == "learning_rate" and value > 10):
                 errors[name] = f"{value!r} is out of range: use a positive value (typical: 1e-3 to 3e-1)." if name == "learning_rate" else f"{value!r} must not be negative."
+        share = self.format_augmentation
+        if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share <= 1:
+            errors["format_augmentation"] = f"{share!r} is not a share between 0 and 1 (0 = off, 0.5 = half)."
         if "{input}" not in (self.input_template or ""):
             errors["input_template"] = f"{self.input_template!r} has no {{input}} placeholder: add {{input}} where the example goes."
         if self.init == Init.TEXT and not (self.init_text or "").strip():

@@ -19,11 +19,19 @@ if not table:
 else:
     st.dataframe(pd.DataFrame(table["rows"]), hide_index=True, width="stretch", key="results_table",
                  column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                for c in ("soft prompt", "best hard prompt", "bare model")} |
+                                for c in ("soft prompt", "best hard prompt", "bare model", "soft, shifted",
+                                          "best hard, shifted")} |
                  {"train min": st.column_config.NumberColumn(format="%.1f")})
     st.caption(f"Soft prompt ahead on {table['wins']} of {len(table['rows'])} tasks (test split; defaults chosen on "
                "validation). Hard prompts: the task's prompt zero-shot and 4-shot, chat and plain format, the best "
                f"one counted. Measured on {table['machine']}.")
+    if table["wins_shifted"] is None:
+        st.warning("Measured only on inputs laid out like the training data: `make results` also scores the shifted "
+                   "split (each input in a random format variant), where a soft prompt can fall behind.")
+    else:
+        st.caption(f"On the shifted test split (each input in a random format variant: line breaks, field names, "
+                   f"casing, spacing, quotes, a preface) the soft prompt is ahead on {table['wins_shifted']} of "
+                   f"{len(table['rows'])} tasks. Try your own layouts on Compare with \"also on format variants\".")
 
 st.subheader("Prompt length and init strategy")
 st.caption("How long a soft prompt, started from what? Each point is a run trained with the task's defaults "

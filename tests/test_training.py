@@ -117,3 +117,15 @@ def test_killed_run_shows_as_interrupted(home, tiny_model_dir, toy_data):
     dead.wait()
     run.set_status(state="running", pid=dead.pid)
     assert run.status()["state"] == "interrupted"
+
+
+def test_format_augmentation_adds_shifted_copies_to_the_training_set(home, tiny_model_dir, tmp_path):
+    rows = [{"input": f"Context: the {w} is red.\nQuestion: what is red?", "target": w}
+            for w in ["apple", "rose", "brick", "cherry", "ruby", "flag", "lobster", "tomato", "heart", "wine"]]
+    data = tmp_path / "red.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    plain = training.setup(new_run(tiny_config(tiny_model_dir, str(data))), tiny_config(tiny_model_dir, str(data)),
+                           None)[0].train_dataset
+    cfg = tiny_config(tiny_model_dir, str(data), format_augmentation=1.0)
+    augmented = training.setup(new_run(cfg), cfg, None)[0].train_dataset
+    assert len(plain) == 8 and len(augmented) == 16  # every training example also in a format variant

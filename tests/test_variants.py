@@ -87,3 +87,25 @@ def test_shifted_split():
     by_name = variants(data)
     used = {n for i, y in enumerate(out) for n in by_name if by_name[n][i]["input"] == y["input"]}
     assert len(used) >= 5  # a mix of transforms, not one
+
+
+def test_augment_keeps_every_example_and_adds_shifted_copies_of_a_share():
+    from core.generate.variants import augment
+    rows = load_task("qa").train
+    assert augment(rows, 0.0) == rows
+    half, full = augment(rows, 0.5, seed=3), augment(rows, 1.0, seed=3)
+    assert half[:len(rows)] == rows and full[:len(rows)] == rows  # the originals, in order
+    copies = full[len(rows):]
+    assert len(rows) * 0.9 <= len(copies) <= len(rows)  # nearly every qa example has a transform that changes it
+    assert 0.3 * len(rows) <= len(half) - len(rows) <= 0.7 * len(rows)
+    originals = {r["target"]: r for r in rows}
+    assert all(c["target"] in c["input"] for c in copies)  # the answer is still in its context
+    assert all(c["input"] != originals[c["target"]]["input"] for c in copies if c["target"] in originals)
+    assert augment(rows, 0.5, seed=3) == half  # seeded
+
+
+def test_augmentation_share_is_checked_by_the_config():
+    from core.config import ConfigError, TuneConfig
+    assert TuneConfig(format_augmentation=0.5).format_augmentation == 0.5
+    with pytest.raises(ConfigError, match="format_augmentation.*between 0 and 1"):
+        TuneConfig(format_augmentation=1.5)

@@ -126,16 +126,21 @@ def run_report(task_name: str, lengths=LENGTHS, inits=INITS, overrides: dict | N
 
 def results_table(path: Path | None = None) -> dict | None:
     """The results table (bench/results.py) as rows to show: per task the soft prompt, the best
-    hard prompt (and which), the bare model, whether the soft prompt is ahead, and train minutes;
-    with `wins` and the `machine` it was measured on. None when no table was written yet."""
+    hard prompt (and which), the bare model, whether the soft prompt is ahead, the same on the
+    shifted split (each input in a random format variant) where measured, and train minutes; with
+    `wins`, `wins_shifted` and the `machine` it was measured on. None when no table was written yet."""
     table = read_json(path or SHIPPED / "results-test.json", default=None)
     if not table:
         return None
     rows = [{"task": r["task"], "metric": r["metric"], "n (test)": r["n"], "soft prompt": r["soft"],
              "best hard prompt": r["best_hard"], "which hard prompt": r["best_hard_system"].removeprefix("hard: "),
              "bare model": r["bare"], "soft ahead": r["soft"] > r["best_hard"],
+             **({"soft, shifted": r["shifted"]["soft"], "best hard, shifted": r["shifted"]["best_hard"],
+                 "soft ahead, shifted": r["shifted"]["soft"] > r["shifted"]["best_hard"]} if "shifted" in r else {}),
              "train min": (r["train_s"] or 0) / 60} for r in table["rows"]]
-    return {"rows": rows, "wins": sum(r["soft ahead"] for r in rows), "machine": table["machine"]}
+    shifted = all("soft ahead, shifted" in r for r in rows)
+    return {"rows": rows, "wins": sum(r["soft ahead"] for r in rows), "machine": table["machine"],
+            "wins_shifted": sum(r["soft ahead, shifted"] for r in rows) if shifted else None}
 
 
 def start_report(task: str, lengths: list[int], inits: list[str], steps: int = 0) -> Path:

@@ -8,6 +8,7 @@ spans instead, or not at all for that example.
 
     variants(examples, names, seed)  one shifted copy of the examples per transform
     shifted(examples, seed)          one copy where each example gets one random transform
+    augment(examples, share, seed)   the examples plus a shifted copy of a share of them (training)
     applicable(examples)             the transforms that change at least one example
 """
 from __future__ import annotations
@@ -174,3 +175,13 @@ def shifted(examples: list[dict], seed: int = 0) -> list[dict]:
         pick = random.Random(f"{seed}|{SHIFTED}|{x['input']}").choice(sorted(options)) if options else None
         out.append({**x, "input": options[pick]} if pick else dict(x))
     return out
+
+
+def augment(examples: list[dict], share: float, seed: int = 0) -> list[dict]:
+    """Training data for a prompt that should hold up off its training layout: every example as it
+    is, plus a copy in a random format variant (as in `shifted`) for a seeded `share` of them."""
+    if not 0 <= share <= 1:
+        raise WorkbenchError(f"The augmentation share {share!r} is not between 0 and 1.")
+    rng = random.Random(f"{seed}|augment")
+    picked = [x for x in examples if rng.random() < share]
+    return list(examples) + [y for x, y in zip(picked, shifted(picked, seed)) if y["input"] != x["input"]]

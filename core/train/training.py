@@ -24,6 +24,7 @@ from core.config import TuneConfig
 from core.train.fastloss import labelled_loss
 from core.generate.formatting import EncodedDataset, Formatter, PadCollator
 from core.generate.generator import Decoding, Generator, System
+from core.generate.variants import augment
 from core.train.methods import build_peft_model
 from core.model.loading import load_model
 from core.errors import WorkbenchError
@@ -208,6 +209,8 @@ def setup(run: Run, cfg: TuneConfig, progress: Callable | None, stop: dict | Non
     set_seed(cfg.seed)
     task = load_task(cfg.task, cfg.data_path, cfg.input_column, cfg.target_column)
     train_rows = task.train[: cfg.train_examples] if cfg.train_examples else task.train
+    if cfg.format_augmentation:  # a reworded copy of a share of them (core/generate/variants.py)
+        train_rows = augment(train_rows, cfg.format_augmentation, cfg.seed)
     if cfg.batch_size > len(train_rows):
         raise WorkbenchError(f"batch_size {cfg.batch_size} is larger than the {len(train_rows)} training "
                              f"examples: use a batch size of at most {len(train_rows)}.")
