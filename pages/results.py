@@ -36,17 +36,18 @@ else:
 st.subheader("Prompt length and init strategy")
 st.caption("How long a soft prompt, started from what? Each point is a run trained with the task's defaults "
            "except its length and init, scored on the validation split.")
-reports = rep.reports()
-labels = [f"{r['task']} ({'shipped' if r['shipped'] else 'this workspace'}, {len(r['points'])} points"
-          f"{', running' if r.get('state') == 'running' else ''})" for r in reports]
+reports = {r["path"]: r for r in rep.reports()}  # picked by path: a new report must not shift the pick
+labels = {p: f"{r['task']} ({'shipped' if r['shipped'] else 'this workspace'}, {len(r['points'])} points"
+          f"{', running' if r.get('state') == 'running' else ''})" for p, r in reports.items()}
 left, right = st.columns([3, 2])
 with right.container(border=True):
     st.markdown("**Run a report on this machine**")
     task = st.selectbox("Task", list(BUILTIN), index=list(BUILTIN).index("sentiment"), key="rep_task")
     lengths = st.multiselect("Prompt lengths", [1, 2, 5, 10, 20, 50, 100, 200], list(rep.LENGTHS), key="rep_lengths")
-    inits = st.multiselect("Init strategies", list(rep.INITS), list(rep.INITS), key="rep_inits")
+    usable = [i for i in rep.INITS if rep.init_values(BUILTIN[task], i) is not None]  # class labels: label tasks
+    inits = st.multiselect("Init strategies", usable, usable, key=f"rep_inits_{task}")
     steps = st.number_input("Steps per point (0 = the task's default)", 0, 10_000, 0, key="rep_steps")
-    running = [r for r in reports if not r["shipped"] and r["task"] == task and r.get("state") == "running"]
+    running = [r for r in reports.values() if not r["shipped"] and r["task"] == task and r.get("state") == "running"]
     if st.button("Start report", key="rep_start", disabled=not (lengths and inits) or bool(running),
                  help="Trains one run per point in its own process (runs are kept and reused)."):
         log = rep.start_report(task, lengths, inits, steps)
@@ -56,13 +57,16 @@ if not reports:
     left.info("No report yet: start one on the right, or run `python -m workbench report --task sentiment`.")
     st.stop()
 with left:
-    pick = st.selectbox("Report", range(len(reports)), format_func=labels.__getitem__, key="rep_pick")
+    pick = st.selectbox("Report", list(reports), format_func=labels.__getitem__, key="rep_pick")
     value = st.radio("Show", ["validation metric", "validation loss"], horizontal=True, key="rep_value")
 
 
 @st.fragment(run_every=5 if reports[pick].get("state") == "running" else None)
-def show(pick: int) -> None:
-    r = rep.reports()[pick]
+def show(pick: str) -> None:
+    r = next((r for r in rep.reports() if r["path"] == pick), None)
+    if r is None:
+        st.info("This report is gone: pick another.")
+        return
     if not r["points"]:
         st.info("The report has no points yet: the first run is training.")
         return

@@ -10,7 +10,7 @@ from core.errors import WorkbenchError
 from core.explore.neighbors import nearest_tokens
 from core.model.adapters import adapter_zip, input_space_vectors
 from core.store.runs import Run, list_runs
-from workbench.run_view import run_summary
+from workbench.run_view import ACTIVE, live_run, run_summary
 from workbench.state import base_model, vocab_index
 
 st.title("Runs")
@@ -37,7 +37,10 @@ if len(picked) > 1:
 run = Run.open(picked[0])
 cfg = run.config()
 with st.container(border=True):
-    run_summary(run, key_prefix=f"runs_{run.id}")
+    if run.status().get("state") in ACTIVE:  # polled, so that progress and a Cancel show as they happen
+        live_run(run.id)
+    else:
+        run_summary(run, key_prefix=f"runs_{run.id}")
 tab_cfg, tab_tokens, tab_download = st.tabs(["Config", "Prompt tokens", "Download"])
 with tab_cfg:
     st.json(cfg.to_dict())

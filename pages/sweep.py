@@ -15,6 +15,8 @@ from workbench.config_form import FIELDS, apply_defaults, field_widget
 from workbench.run_view import STATE_ICONS
 
 ERRORS = "sweep_errors"
+FORM = "sweep_cfg"  # its own widget keys: a task picked here must not set the Tune page's form
+KEPT = ("sweep_model_folder",)  # hidden by another choice (Bundled), kept for when it comes back
 LABELS = {"num_virtual_tokens": "Prompt lengths", "learning_rate": "Learning rates"}
 
 
@@ -33,6 +35,9 @@ def numbers(raw: str, kind) -> list:
 st.title("Sweep prompt length × learning rate")
 st.caption("Every pair of values is a normal run, trained one after another. Optuna's median pruner stops a "
            "trial whose validation loss is worse than the median of the finished trials at the same step.")
+for name in KEPT:  # Streamlit drops a widget's value after a run that does not draw it
+    if name in st.session_state:
+        st.session_state[name] = st.session_state[name]
 values: dict = {}
 left, right = st.columns(2)
 source = left.radio("Model", ["Bundled", "Local folder"], horizontal=True, key="sweep_model_source",
@@ -41,10 +46,10 @@ values["model"] = DEFAULT_MODEL if source == "Bundled" else left.text_input(
     "Model folder", key="sweep_model_folder", placeholder="/path/to/hf-model-folder") or ""
 values["task"] = right.selectbox("Task", list(BUILTIN), key="sweep_task",
                                  format_func=lambda t: f"{t} - {BUILTIN[t].title}",
-                                 on_change=lambda: apply_defaults(st.session_state["sweep_task"]),
+                                 on_change=lambda: apply_defaults(st.session_state["sweep_task"], FORM),
                                  help="Fields not shown (init, label words, target length) take the task's "
                                       "tuned defaults.")
-field_widget = partial(field_widget, task=values["task"])  # noqa: F811 (fields start at the task's defaults)
+field_widget = partial(field_widget, task=values["task"], form=FORM)  # noqa: F811 (fields start at the task's defaults)
 c1, c2, c3 = st.columns(3)
 values["method"] = field_widget("method", c1)
 values["prompt_format"] = field_widget("prompt_format", c2)

@@ -132,3 +132,67 @@ def test_graph_exports_and_graphistry(trained, monkeypatch):
     assert csv.startswith("id,label,kind,x,y,run,position,nearest,sim") and "run-a:v0" in csv
     written = [p for p in (root / "ws").rglob("*") if p.is_file() and b"pw-never-on-disk" in p.read_bytes()]
     assert written == []
+
+
+def test_map_build_interrupted_by_a_rerun_leaves_tqdm_usable(monkeypatch):
+    """A stop or rerun request (tab closed, a widget touched) surfaces in the progress callback, which
+    umap calls from tqdm's write while tqdm holds its global lock: raised there, the lock stays held by
+    a finished thread and every later map build in the app hangs on a blank page. The callback keeps
+    the request; the fit finishes and is cached, then the request is raised."""
+    import threading
+
+    from tqdm import tqdm
+
+    from workbench import explore_view
+
+    class Interrupt(BaseException):  # like Streamlit's StopException / RerunException
+        pass
+
+    class Bar:
+        calls = 0
+
+        def progress(self, fraction, text=None):
+            Bar.calls += 1
+            if Bar.calls == 2:
+                raise Interrupt()
+
+        def empty(self):
+            pass
+
+    class Sink:  # what umap hands tqdm as its file
+        def __init__(self, progress):
+            self.progress = progress
+
+        def write(self, s):
+            self.progress(0.5, s)
+
+        def flush(self):
+            pass
+
+    fits = []
+
+    def fake_fit(cache_dir, anchors, progress=None, **params):
+        for _ in tqdm(range(3), file=Sink(progress), mininterval=0):
+            pass
+        fits.append(1)
+        return "the map"
+
+    monkeypatch.setattr(explore_view.st, "progress", lambda *a, **k: Bar())
+    monkeypatch.setattr(explore_view, "load_or_fit", fake_fit)
+    monkeypatch.setattr(explore_view, "anchors", lambda spec: None)
+    with pytest.raises(Interrupt):
+        explore_view.vocab_map("interrupted-model")
+    free = []
+
+    def take_lock():  # from another thread: the interrupted one must not hold it any more
+        taken = [(lk, lk.acquire(timeout=2)) for lk in tqdm.get_lock().locks]
+        free.append(all(ok for _, ok in taken))
+        for lk, ok in reversed(taken):
+            if ok:
+                lk.release()
+
+    other = threading.Thread(target=take_lock)
+    other.start()
+    other.join()
+    assert free == [True]
+    assert explore_view.vocab_map("interrupted-model") == "the map" and fits == [1]  # kept, not fitted again

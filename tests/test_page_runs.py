@@ -51,3 +51,20 @@ def test_adapter_zip_holds_a_loadable_adapter(home, tiny_model_dir, toy_data, tm
     zipfile.ZipFile(io.BytesIO(adapter_zip(a.adapter_dir))).extractall(tmp_path)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(tmp_path / "adapter"))
     assert model.peft_config["default"].num_virtual_tokens == 4
+
+
+def test_an_active_run_is_polled_and_its_buttons_start_at_the_left(home, tiny_model_dir, toy_data, monkeypatch):
+    """A running (or queued) run opens in the polled view: a static one still said 'running' with its
+    Cancel button after the run had been cancelled. A finished run's first button is in the first column."""
+    from workbench import run_view
+    a, _ = trained_runs(tiny_model_dir, toy_data)
+    queued = new_run(tiny_config(tiny_model_dir, toy_data), run_id="run-q")
+    assert queued.status()["state"] in run_view.ACTIVE
+    polled = []
+    monkeypatch.setattr(run_view, "live_run", polled.append)
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    at.multiselect(key="runs_pick").set_value(["run-q"]).run()
+    assert not at.exception and polled == ["run-q"]
+    at.multiselect(key="runs_pick").set_value(["run-a"]).run()
+    assert not at.exception and polled == ["run-q"]
+    assert [b.label for b in at.columns[0].button] == ["Delete"]

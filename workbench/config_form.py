@@ -18,8 +18,11 @@ ERRORS_KEY = "tune_form_errors"
 OWN_WIDGETS = {"model", "task", "data_path", "input_column", "target_column"}  # drawn by the page itself
 
 
-def key(name: str) -> str:
-    return f"cfg_{name}"
+def key(name: str, form: str = "cfg") -> str:
+    """A field's widget key. Each page's form has its own prefix ("cfg" is the Tune page's): the
+    fields a task change sets but a page does not draw (init, label words on the Sweep page) would
+    otherwise land in another page's form, under that page's own task."""
+    return f"{form}_{name}"
 
 
 def keep_form_state() -> None:
@@ -48,37 +51,39 @@ def start_config(task: str | None) -> TuneConfig:
     return TuneConfig.for_task(task=task) if task else DEFAULTS
 
 
-def apply_defaults(task: str | None) -> None:
+def apply_defaults(task: str | None, form: str = "cfg") -> None:
     """Set the form to a task's tuned defaults (general defaults for own data): on a task change."""
     cfg = start_config(task)
     for name in TASK_FIELDS:
-        st.session_state[key(name)] = widget_value(name, getattr(cfg, name))
+        st.session_state[key(name, form)] = widget_value(name, getattr(cfg, name))
 
 
-def field_widget(name: str, container=st, label: str | None = None, task: str | None = None):
+def field_widget(name: str, container=st, label: str | None = None, task: str | None = None, form: str = "cfg"):
     """Render the widget for one config field and return its raw value. A field starts at the
-    task's tuned default (general default without a task) and keeps what the user sets."""
+    task's tuned default (general default without a task) and keeps what the user sets. Messages
+    under the fields are the Tune form's (ERRORS_KEY); other forms report their own."""
     f = FIELDS[name]
+    k = key(name, form)
     label = label or name.replace("_", " ").capitalize()
     help_ = f.metadata.get("help")
-    if key(name) not in st.session_state:
-        st.session_state[key(name)] = widget_value(name, getattr(start_config(task), name))
+    if k not in st.session_state:
+        st.session_state[k] = widget_value(name, getattr(start_config(task), name))
     default = getattr(DEFAULTS, name)
     if name in _ENUMS:
-        value = container.selectbox(label, [e.value for e in _ENUMS[name]], help=help_, key=key(name))
+        value = container.selectbox(label, [e.value for e in _ENUMS[name]], help=help_, key=k)
     elif isinstance(default, bool):
-        value = container.checkbox(label, help=help_, key=key(name))
+        value = container.checkbox(label, help=help_, key=k)
     elif isinstance(default, int):
-        value = int(container.number_input(label, step=1, help=help_, key=key(name)))
+        value = int(container.number_input(label, step=1, help=help_, key=k))
     elif isinstance(default, float):  # text, so that any typed value reaches validation
-        value = _float(container.text_input(label, help=help_, key=key(name)))
+        value = _float(container.text_input(label, help=help_, key=k))
     elif isinstance(default, list):
-        raw = container.text_input(label, help=help_ + " (comma-separated)", key=key(name))
+        raw = container.text_input(label, help=help_ + " (comma-separated)", key=k)
         value = [w.strip() for w in raw.split(",") if w.strip()]
     else:
-        value = container.text_input(label, help=help_, key=key(name)) or None
+        value = container.text_input(label, help=help_, key=k) or None
         value = value if value is not None or f.default is None else ""
-    err = st.session_state.get(ERRORS_KEY, {}).get(name)
+    err = st.session_state.get(ERRORS_KEY, {}).get(name) if form == "cfg" else None
     if err:
         container.error(f"{label}: {err}", icon=":material/error:")
     return value

@@ -50,6 +50,12 @@ def vocab_map(spec: str):
 
     A cache-decorated function would replay the progress bar's messages on every later rerun,
     so the map is kept in a dict that st.cache_resource holds instead.
+
+    The progress callback never raises into the fit: umap reports through tqdm, which holds its
+    global lock around the write without try/finally, so a stop or rerun request (the user closes
+    the tab or touches a widget) raised there would leave that lock held by a finished thread and
+    hang every later fit in the process. The request is kept, the fit finishes and is cached, and
+    the request is raised afterwards.
     """
     limit, params = map_settings()
     key = (spec, limit, tuple(sorted(params.items())))
@@ -57,11 +63,22 @@ def vocab_map(spec: str):
     with store["lock"]:
         if key not in store:
             bar = st.progress(0.0, text="Laying out the vocabulary (once per model; cached on disk)…")
+            held: list[BaseException] = []
+
+            def report(fraction, message) -> None:
+                if held:
+                    return
+                try:
+                    bar.progress(min(max(float(fraction), 0.0), 1.0), text=message)
+                except BaseException as e:  # noqa: B036 (Streamlit's stop/rerun requests are BaseExceptions)
+                    held.append(e)
+
             try:
-                store[key] = load_or_fit(map_cache_dir(spec, limit), anchors(spec), **params,
-                                         progress=lambda f, msg: bar.progress(min(max(float(f), 0.0), 1.0), text=msg))
+                store[key] = load_or_fit(map_cache_dir(spec, limit), anchors(spec), **params, progress=report)
             finally:
                 bar.empty()
+            if held:
+                raise held[0]
     return store[key]
 
 

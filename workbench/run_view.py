@@ -14,6 +14,7 @@ from core.errors import WorkbenchError
 from core.store.runs import ACTIVE, Run, RunState, delete_run
 
 POLL_SECONDS = 2.0
+ACTIVE = ("running", "starting", "queued")  # a process works on the run: its files still change
 STATE_ICONS = {"queued": ":material/schedule:", "starting": ":material/rocket_launch:",
                "running": ":material/directions_run:", "completed": ":material/check_circle:",
                "cancelled": ":material/stop_circle:", "failed": ":material/error:", "interrupted": ":material/warning:"}
@@ -62,18 +63,18 @@ def run_summary(run: Run, key_prefix: str) -> None:
 
 
 def run_actions(run: Run, state: str, key_prefix: str) -> None:
-    cols = st.columns(4)
+    cols = iter(st.columns(4))  # the buttons a state has, side by side from the left
     try:
         if state in ACTIVE:
-            if cols[0].button("Cancel", key=f"{key_prefix}_cancel", help="Save a checkpoint and stop"):
+            if next(cols).button("Cancel", key=f"{key_prefix}_cancel", help="Save a checkpoint and stop"):
                 st.toast(f"{run.id}: {jobs.cancel(run.id)}")
         if state in (RunState.CANCELLED, RunState.FAILED, RunState.INTERRUPTED):
-            if cols[0].button("Resume", key=f"{key_prefix}_resume", help="Continue from the last checkpoint"):
+            if next(cols).button("Resume", key=f"{key_prefix}_resume", help="Continue from the last checkpoint"):
                 jobs.resume(run.id)
                 st.toast(f"{run.id}: resuming")
         if state not in ACTIVE:
             confirm_key = f"{key_prefix}_confirm_delete"
-            if cols[1].button("Delete", key=f"{key_prefix}_delete"):
+            if next(cols).button("Delete", key=f"{key_prefix}_delete"):
                 st.session_state[confirm_key] = True
             if st.session_state.get(confirm_key):
                 st.warning(f"Delete run {run.id} and all its files?")
