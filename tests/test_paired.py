@@ -1,4 +1,4 @@
-"""core.evaluate.paired: hand-checked cases, no model."""
+"""core.evaluate.paired and the Compare page's paired-test table: hand-checked cases, no model."""
 from math import comb
 
 import numpy as np
@@ -6,6 +6,7 @@ import pytest
 
 from core.errors import WorkbenchError
 from core.evaluate import paired as P
+from workbench.compare_view import pair_table, paired_summary
 
 
 def fake_result(scores: dict[str, dict[str, list[float]]], main_metric: str = "token_f1") -> dict:
@@ -145,3 +146,21 @@ def test_pair_sentences():
         "soft: x beats hard: default by +2.50 chrf [1.00, 4.00]")
     assert P.pair_cell(row(0.21, 0.12, 0.30, 0.003)) == "+0.210 [0.120, 0.300] p=0.003"
     assert P.pair_cell(row(0.21, 0.12, 0.30, 0.0001)) == "+0.210 [0.120, 0.300] p<0.001"
+
+
+def test_page_pair_table_and_sentence():
+    result = three_systems()
+    names = ["soft: s", "bare model", "hard: default"]
+    gain = np.mean(np.subtract(result["scores"]["soft: s"]["token_f1"], result["scores"]["hard: default"]["token_f1"]))
+    table, sentence = paired_summary(result, "token_f1")
+    assert list(table.index) == names and list(table.columns) == names
+    assert [table.loc[n, n] for n in names] == ["", "", ""]
+    cell = table.loc["soft: s", "hard: default"]
+    assert cell.startswith(f"{gain:+.3f} [") and cell.endswith("p<0.001")
+    assert table.loc["hard: default", "soft: s"].startswith(f"{-gain:+.3f} [")
+    assert table.loc["hard: default", "bare model"].startswith("+0.100 [0.100, 0.100]")
+    assert sentence.startswith(f"soft: s beats hard: default by {gain:+.3f} token_f1")
+    assert sentence.endswith("Only 23 examples: a difference this size may not hold on more data.")
+    assert pair_table([], ["A"]).loc["A", "A"] == ""
+    single = fake_result({"A": {"token_f1": [0.1, 0.2]}})
+    assert paired_summary(single, "token_f1")[1] is None
