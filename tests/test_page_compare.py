@@ -39,7 +39,16 @@ def test_compare_on_the_bundled_model(soft_run):
     assert set(summary.columns) == {"soft: sentiment-soft", "hard: default", "hard: edited", "hard: 2-shot",
                                     "bare model"}
     assert {"accuracy", "rougeL", "semantic_similarity", "ref_loglik"} <= set(summary.index)
-    rows = at.dataframe[1].value
+    pairs = at.dataframe[1].value  # paired tests on the main metric: rows A, columns B
+    assert at.selectbox(key="cmp_pair_metric").value == "accuracy"
+    assert list(pairs.index) == list(pairs.columns) and set(pairs.columns) == set(summary.columns)
+    assert pairs.loc["soft: sentiment-soft", "soft: sentiment-soft"] == ""
+    assert " p" in pairs.loc["soft: sentiment-soft", "hard: default"]
+    sentence = next(m.value for m in at.markdown if m.value.startswith("soft: sentiment-soft "))
+    assert "(McNemar exact)" in sentence and "Only 3 examples" in sentence
+    at.selectbox(key="cmp_pair_metric").set_value("ref_loglik").run()
+    assert not at.exception and any("(approximate randomisation)" in m.value for m in at.markdown)
+    rows = at.dataframe[2].value
     assert len(rows) == 3 and "soft: sentiment-soft" in rows.columns and rows["reference"].isin(
         ["positive", "negative"]).all()
     assert at.get("plotly_chart")

@@ -1,5 +1,5 @@
-"""Rendering of a stored comparison: metrics with CIs, the side-by-side table, row details, and the
-scores on format variants of the inputs."""
+"""Rendering of a stored comparison: metrics with CIs, paired tests, the side-by-side table, row details,
+and the scores on format variants of the inputs."""
 from __future__ import annotations
 
 import re
@@ -11,6 +11,7 @@ from workbench.charts import metric_figure, robustness_figure
 from core.evaluate.compare import disagreeing, soft_loses, table_rows, to_csv, to_json
 from core.evaluate.robustness import robustness_rows
 from core.evaluate.metrics import token_f1
+from core.evaluate.paired import focus_pair, pair_cell, pair_matrix, pair_row, pair_sentence, paired_metrics
 
 
 def summary_table(result: dict) -> pd.DataFrame:
@@ -30,6 +31,44 @@ def render_metrics(result: dict) -> None:
     main = result["main_metric"] if result["main_metric"] in metrics else metrics[0]
     metric = st.selectbox("Chart metric", metrics, index=metrics.index(main), key="cmp_chart_metric")
     st.plotly_chart(metric_figure(result["summary"], metric), key="cmp_chart")
+    render_paired(result)
+
+
+def pair_table(rows: list[dict], names: list[str]) -> pd.DataFrame:
+    """Rows A, columns B, each cell 'A - B [interval] p' (empty on the diagonal)."""
+    cells = {(r["a"], r["b"]): pair_cell(r) for r in rows}
+    return pd.DataFrame([[cells.get((a, b), "") for b in names] for a in names],
+                        index=pd.Index(names, name="A \\ B"), columns=names)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _pair_rows(key: str, metric: str, _result: dict) -> list[dict]:
+    """pair_matrix, once per stored comparison (its key names its content) and metric: not on every rerun."""
+    return pair_matrix(_result, metric)
+
+
+def paired_summary(result: dict, metric: str, rows: list[dict] | None = None) -> tuple[pd.DataFrame, str | None]:
+    """The pair table and the sentence on the pair that matters most (None with a single system)."""
+    rows = pair_matrix(result, metric) if rows is None else rows
+    names = [s["name"] for s in result["systems"]]
+    focus = focus_pair(result, metric)
+    return pair_table(rows, names), pair_sentence(pair_row(rows, *focus), metric) if focus else None
+
+
+def render_paired(result: dict) -> None:
+    metrics = paired_metrics(result)
+    if not metrics or len(result["systems"]) < 2:
+        return
+    st.subheader("Paired tests")
+    st.caption("Every system answered the same inputs, so each pair is compared example by example. Cell: mean "
+               "difference row minus column, its 95% paired bootstrap interval and a two-sided p-value (McNemar "
+               "exact for 0/1 metrics, approximate randomisation otherwise). bleu/chrf: sentence-level scores.")
+    main = result["main_metric"] if result["main_metric"] in metrics else metrics[0]
+    metric = st.selectbox("Paired test metric", metrics, index=metrics.index(main), key="cmp_pair_metric")
+    table, sentence = paired_summary(result, metric, _pair_rows(result["key"], metric, result))
+    st.dataframe(table, width="stretch", key="cmp_pairs")
+    if sentence:
+        st.markdown(sentence)
 
 
 def _overlap_style(table: pd.DataFrame, names: list[str]):
