@@ -66,9 +66,9 @@ def test_results_page_shows_the_report_and_starts_one(sentiment_report, monkeypa
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert [t["name"] for t in spec["data"]] == ["random", "class-label"]
     assert len(at.dataframe[-1].value) == 4  # the report's points (after the shipped results table)
-    at.selectbox(key="rep_task").set_value("paraphrase")
+    at.selectbox(key="rep_task").set_value("paraphrase").run()  # the inits offered follow the task
     at.multiselect(key="rep_lengths").set_value([5, 20])
-    at.multiselect(key="rep_inits").set_value(["random", "text"])
+    at.multiselect(key="rep_inits_paraphrase").set_value(["random", "text"])
     at.number_input(key="rep_steps").set_value(30)
     at.button(key="rep_start").click().run()
     assert not at.exception, at.exception
