@@ -102,3 +102,22 @@ def use_settings(monkeypatch, **changes):
     import dataclasses
     from core import settings
     monkeypatch.setattr(settings, "SETTINGS", dataclasses.replace(settings.SETTINGS, **changes))
+
+
+def soft_compare_setup(model_dir, data_path, max_new_tokens: int = 3, batch_size: int = 8, **hard):
+    """A 2-step soft prompt trained on the toy data (run "soft-run"), beside the task's hard prompts
+    (`hard`: shots, template), as (generator, spec over test + validation, model)."""
+    from core.evaluate.compare import CompareSpec, hard_systems, soft_system
+    from core.generate.generator import Decoding, Generator
+    from core.model.loading import load_model
+    from core.store.runs import new_run
+    from core.tasks import load_task
+    from core.train import training
+    run = new_run(tiny_config(model_dir, data_path, max_steps=2), run_id="soft-run")
+    assert training.train(run)["state"] == "completed"
+    lm = load_model(model_dir)
+    task = load_task("toy", data_path)
+    systems = [soft_system("soft-run", model_dir)] + hard_systems(task, "plain", **hard)
+    spec = CompareSpec(task.test + task.validation, systems, Decoding(max_new_tokens=max_new_tokens), "generation",
+                       main_metric="token_f1")
+    return Generator(lm.model, lm.tokenizer, batch_size=batch_size), spec, model_dir

@@ -5,28 +5,18 @@ import json
 
 import pytest
 
-from core.train import training
 from core.evaluate.compare import (CompareSpec, cache_key, disagreeing, hard_systems, run_comparison, soft_loses,
                           soft_system, to_csv, to_json)
-from core.generate.generator import Decoding, Generator
-from core.model.loading import load_model
+from core.generate.generator import Decoding
 from core.errors import WorkbenchError
-from core.store.runs import new_run
 from core.tasks import load_task
-from tests.conftest import tiny_config
+from tests.conftest import soft_compare_setup
 
 
 @pytest.fixture
 def setup(home, tiny_model_dir, toy_data):
-    run = new_run(tiny_config(tiny_model_dir, toy_data, max_steps=2), run_id="soft-run")
-    assert training.train(run)["state"] == "completed"
-    lm = load_model(tiny_model_dir)
-    task = load_task("toy", toy_data)
-    systems = [soft_system("soft-run", tiny_model_dir)] + hard_systems(task, "plain", shots=2,
-                                                                         template="Echo: {input}")
-    spec = CompareSpec(task.test + task.validation, systems, Decoding(max_new_tokens=4), "generation",
-                       main_metric="token_f1")
-    return Generator(lm.model, lm.tokenizer, batch_size=4), spec, tiny_model_dir
+    return soft_compare_setup(tiny_model_dir, toy_data, max_new_tokens=4, batch_size=4, shots=2,
+                              template="Echo: {input}")
 
 
 def test_comparison_scores_every_system_and_is_stored(setup, monkeypatch):

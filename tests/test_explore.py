@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 from safetensors.numpy import save_file
 
-from core.explore import prompts as explore
 from core.explore.prompts import (graphistry_plotter, graphistry_settings, graphistry_upload, load_prompt, map_cache_dir,
                           map_settings, neighbour_table, prompt_sources, run_prompts, search_tokens, table_bytes,
                           token_labels, vocab_graph)

@@ -1,28 +1,16 @@
 """Robustness runs: every system on the inputs and on format variants of them (tiny model)."""
 import pytest
 
-from core.evaluate.compare import CompareSpec, hard_systems, run_comparison, soft_system, stored
+from core.evaluate.compare import CompareSpec, run_comparison, stored
 from core.evaluate.robustness import ORIGINAL, robustness_rows, run_robustness, variant_inputs
 from core.generate.variants import SHIFTED, shifted, variants
-from core.generate.generator import Decoding, Generator
-from core.model.loading import load_model
 from core.errors import WorkbenchError
-from core.store.runs import new_run
-from core.tasks import load_task
-from core.train import training
-from tests.conftest import tiny_config
+from tests.conftest import soft_compare_setup
 
 
 @pytest.fixture
 def setup(home, tiny_model_dir, toy_data):
-    run = new_run(tiny_config(tiny_model_dir, toy_data, max_steps=2), run_id="soft-run")
-    assert training.train(run)["state"] == "completed"
-    lm = load_model(tiny_model_dir)
-    task = load_task("toy", toy_data)
-    systems = [soft_system("soft-run", tiny_model_dir)] + hard_systems(task, "plain")
-    spec = CompareSpec(task.test + task.validation, systems, Decoding(max_new_tokens=3), "generation",
-                       main_metric="token_f1")
-    return Generator(lm.model, lm.tokenizer, batch_size=8), spec, tiny_model_dir
+    return soft_compare_setup(tiny_model_dir, toy_data)
 
 
 def test_variant_inputs_pick_the_transforms_that_apply():

@@ -14,7 +14,6 @@ from core.errors import WorkbenchError
 from core.store.runs import ACTIVE, Run, RunState, delete_run
 
 POLL_SECONDS = 2.0
-ACTIVE = ("running", "starting", "queued")  # a process works on the run: its files still change
 STATE_ICONS = {"queued": ":material/schedule:", "starting": ":material/rocket_launch:",
                "running": ":material/directions_run:", "completed": ":material/check_circle:",
                "cancelled": ":material/stop_circle:", "failed": ":material/error:", "interrupted": ":material/warning:"}
