@@ -62,6 +62,11 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("path")
     imp.add_argument("--model", default="smollm2-135m-instruct")
     imp.add_argument("--task", default="imported")
+    imp.add_argument("--run-id", help="name for the new run (default: date-imported-method)")
+    imp.add_argument("--prompt-format", default="plain", help="how the adapter's trainer formatted its inputs: plain "
+                     "(PEFT's convention: the raw text, no chat template) or chat (default: plain)")
+    imp.add_argument("--input-template", default="{input}", help="text around each input as the trainer wrote it; "
+                     "must contain {input} (default: {input})")
     sw = sub.add_parser("sweep", help="try prompt lengths x learning rates, one run per pair (Optuna, median pruning)")
     sw.add_argument("--sweep", help="run an existing sweep folder (as the app does; goes on after a cancel)")
     sw.add_argument("--sweep-id", help="name for the new sweep (default: date-sweep-task)")
@@ -281,7 +286,8 @@ def main(argv=None) -> int:
             return 0
         if a.cmd == "import-adapter":
             from core.model.adapters import import_adapter
-            print(f"imported as run {import_adapter(a.path, a.model, a.task).id}")
+            run = import_adapter(a.path, a.model, a.task, a.run_id, a.prompt_format, a.input_template)
+            print(f"imported as run {run.id} ({a.prompt_format} format, template {a.input_template!r})")
             return 0
         return {"runs": cmd_runs, "generate": cmd_generate, "cancel": cmd_cancel, "sweep": cmd_sweep,
                 "report": cmd_report, "robustness": cmd_robustness}[a.cmd](a)
