@@ -136,7 +136,8 @@ def test_an_adapter_trained_with_plain_peft_answers_as_peft_does(home, capsys, s
     assert run.status()["imported_format"] == {"prompt_format": "plain", "input_template": "{input}"}
     assert main(["import-adapter", str(adapter), "--model", model_dir, "--run-id", "peft-chat",
                  "--prompt-format", "chat", "--input-template", "Q: {input}"]) == 0
-    assert Run.open("peft-chat").status()["imported_format"] == {"prompt_format": "chat", "input_template": "Q: {input}"}
+    assert Run.open("peft-chat").status()["imported_format"] == {"prompt_format": "chat",
+                                                                 "input_template": "Q: {input}"}
     capsys.readouterr()
     for text in ("Say apple", "Say forest"):
         plain = peft_reference(model_dir, adapter, "{input}", "plain", tokenizer, [text], 5)[0]
