@@ -97,3 +97,58 @@ def test_robustness_prints_the_spread_per_system(home, capsys, tiny_model_dir):
     result = json.loads(capsys.readouterr().out)
     assert result["variants"] == ["original", "shifted", "line_breaks"] and len(result["systems"]) == 3
     assert main(["robustness", "--task", "qa", "--model", tiny_model_dir, "--variants", "upside_down"]) == 2
+
+
+@pytest.fixture(scope="module")
+def sharp_model_dir(tmp_path_factory, tokenizer):
+    """The tiny llama with a wider init (std 0.3): its greedy output depends on the whole prompt.
+    (The default tiny model mostly repeats the prompt's last token, a line break, which cleans to "".)"""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                      tie_word_embeddings=True, initializer_range=0.3, bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    out = tmp_path_factory.mktemp("sharp-llama")
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def test_an_adapter_trained_with_plain_peft_answers_as_peft_does(home, capsys, sharp_model_dir, tokenizer, tmp_path):
+    """Imported as its trainer used it (PEFT's convention: the raw text, no chat template), the
+    adapter gives through `generate` the greedy tokens PeftModel.generate gives on that text."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from core.config import TuneConfig
+    from core.store.runs import Run
+    from core.train.methods import build_peft_model
+    model_dir, adapter = sharp_model_dir, tmp_path / "adapter"
+    torch.manual_seed(0)
+    peft = build_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), tokenizer,
+                            TuneConfig(model=model_dir, num_virtual_tokens=4), model_dir)
+    peft.save_pretrained(adapter)
+    assert main(["import-adapter", str(adapter), "--model", model_dir, "--task", "toy", "--run-id", "peft-plain"]) == 0
+    run = Run.open("peft-plain")
+    assert (run.config().prompt_format.value, run.config().input_template) == ("plain", "{input}")
+    assert run.status()["imported_from"] == str(adapter)
+    assert run.status()["imported_format"] == {"prompt_format": "plain", "input_template": "{input}"}
+    assert main(["import-adapter", str(adapter), "--model", model_dir, "--run-id", "peft-chat",
+                 "--prompt-format", "chat", "--input-template", "Q: {input}"]) == 0
+    assert Run.open("peft-chat").status()["imported_format"] == {"prompt_format": "chat",
+                                                                 "input_template": "Q: {input}"}
+    capsys.readouterr()
+    for text in ("Say apple", "Say forest"):
+        plain = peft_reference(model_dir, adapter, "{input}", "plain", tokenizer, [text], 5)[0]
+        chat = peft_reference(model_dir, adapter, "Q: {input}", "chat", tokenizer, [text], 5)[0]
+        assert plain and plain != chat  # the format decides what the adapter says
+        assert main(["generate", "--run", "peft-plain", "--input", text, "--max-new-tokens", "5"]) == 0
+        assert capsys.readouterr().out == plain + "\n"
+        assert main(["generate", "--run", "peft-chat", "--input", text, "--max-new-tokens", "5"]) == 0
+        assert capsys.readouterr().out == chat + "\n"
+    assert main(["import-adapter", str(adapter), "--model", model_dir, "--prompt-format", "xml",
+                 "--input-template", "no placeholder"]) == 2
+    err = capsys.readouterr().err
+    assert "--prompt-format: 'xml' is not one of: chat, plain." in err and "--input-template:" in err
+    assert {r["id"] for r in list_runs()} == {"peft-plain", "peft-chat"}  # the bad call created nothing

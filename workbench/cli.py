@@ -1,4 +1,5 @@
-"""Headless entry point: `python -m workbench tune|resume|runs|generate|cancel|delete|import-adapter|sweep|report|robustness`.
+"""Headless entry point: `python -m workbench tune|resume|runs|generate|cancel|delete|import-adapter|sweep|report|
+robustness|compare` (compare: workbench/compare_cli.py).
 
 The tune flags are generated from TuneConfig, so the CLI, the form and the saved run agree.
 The app starts runs through this same entry point (`tune --run-dir`), in their own process.
@@ -16,16 +17,10 @@ from pathlib import Path
 from core.config import ConfigError, TuneConfig, with_task_defaults
 from core.errors import WorkbenchError
 from core.store.runs import FINISHED
+from workbench import compare_cli
+from workbench.compare_cli import _bool, print_robustness
 
 ALIASES = {"max_steps": ["--steps"], "num_virtual_tokens": ["--virtual-tokens"]}
-
-
-def _bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"{s!r} is not true/false")
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -62,6 +57,11 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("path")
     imp.add_argument("--model", default="smollm2-135m-instruct")
     imp.add_argument("--task", default="imported")
+    imp.add_argument("--run-id", help="name for the new run (default: date-imported-method)")
+    imp.add_argument("--prompt-format", default="plain", help="how the adapter's trainer formatted its inputs: plain "
+                     "(PEFT's convention: the raw text, no chat template) or chat (default: plain)")
+    imp.add_argument("--input-template", default="{input}", help="text around each input as the trainer wrote it; "
+                     "must contain {input} (default: {input})")
     sw = sub.add_parser("sweep", help="try prompt lengths x learning rates, one run per pair (Optuna, median pruning)")
     sw.add_argument("--sweep", help="run an existing sweep folder (as the app does; goes on after a cancel)")
     sw.add_argument("--sweep-id", help="name for the new sweep (default: date-sweep-task)")
@@ -89,6 +89,7 @@ def parser() -> argparse.ArgumentParser:
     rob.add_argument("--variants", nargs="+", help="the transforms to use, by name (default: the first k that apply)")
     rob.add_argument("--seed", type=int, default=0)
     rob.add_argument("--json", action="store_true")
+    compare_cli.add_parser(sub)
     return p
 
 
@@ -233,7 +234,7 @@ def cmd_report(a) -> int:
 
 def cmd_robustness(a) -> int:
     from core.evaluate.compare import CompareSpec, hard_systems, soft_system
-    from core.evaluate.robustness import robustness_rows, run_robustness
+    from core.evaluate.robustness import run_robustness
     from core.generate.generator import Generator
     from core.model.loading import load_model
     from core.tasks import load_task
@@ -246,18 +247,11 @@ def cmd_robustness(a) -> int:
     lm = load_model(a.model)
     r = run_robustness(Generator(lm.model, lm.tokenizer), spec, a.model, a.k, a.variants, a.seed,
                        progress=lambda f, msg: print(f"{f:4.0%} {msg}", file=sys.stderr, flush=True))
-    rows = robustness_rows(r)
     if a.json:
         print(json.dumps(r, indent=2))
         return 0
     print(f"{a.task} {a.split}, {len(spec.inputs)} inputs, {r['metric']}:")
-    for v in r["variants"]:
-        print(f"  {v:<14} {r['descriptions'][v]}")
-    cols = list(rows[0])
-    print("  ".join(f"{c:<22}" if c == "system" else f"{c[:13]:>13}" for c in cols))
-    for row in rows:
-        print("  ".join(f"{row[c]:<22}" if c == "system" else f"{row[c]:>13.3f}" if isinstance(row[c], float)
-                        else f"{str(row[c])[:13]:>13}" for c in cols))
+    print_robustness(r)
     return 0
 
 
@@ -281,13 +275,14 @@ def main(argv=None) -> int:
             return 0
         if a.cmd == "import-adapter":
             from core.model.adapters import import_adapter
-            print(f"imported as run {import_adapter(a.path, a.model, a.task).id}")
+            run = import_adapter(a.path, a.model, a.task, a.run_id, a.prompt_format, a.input_template)
+            print(f"imported as run {run.id} ({a.prompt_format} format, template {a.input_template!r})")
             return 0
         return {"runs": cmd_runs, "generate": cmd_generate, "cancel": cmd_cancel, "sweep": cmd_sweep,
-                "report": cmd_report, "robustness": cmd_robustness}[a.cmd](a)
+                "report": cmd_report, "robustness": cmd_robustness, "compare": compare_cli.cmd_compare}[a.cmd](a)
     except ConfigError as e:
         for k, v in e.errors.items():
-            print(f"error: --{k.replace('_', '-')}: {v}", file=sys.stderr)
+            print(f"error: {'-' if len(k) == 1 else '--'}{k.replace('_', '-')}: {v}", file=sys.stderr)
         return 2
     except WorkbenchError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -16,6 +16,8 @@ from core.generate.generator import Generator
 from core.errors import WorkbenchError
 
 ORIGINAL = "original"
+NEEDS_REFERENCES = ("Robustness needs a reference for every input: pick a split or a file with "
+                    "a reference column (pasted text has none).")
 
 
 def variant_inputs(inputs: list[dict], k: int = 3, names: list[str] | None = None, seed: int = 0,
@@ -45,8 +47,7 @@ def run_robustness(gen: Generator, spec: CompareSpec, model: str, k: int = 3, na
     """Run `spec` on its inputs and on their variants (see `variant_inputs`) with `run_comparison`;
     per system, the main metric's mean on each and the spread over the variants."""
     if not spec.inputs or not all(x.get("target") for x in spec.inputs):
-        raise WorkbenchError("Robustness needs a reference for every input: pick a split or a file with "
-                             "a reference column (pasted text has none).")
+        raise WorkbenchError(NEEDS_REFERENCES)
     sets = variant_inputs(spec.inputs, k, names, seed, with_shifted)
     comparisons = {}
     for i, (name, inputs) in enumerate(sets.items()):

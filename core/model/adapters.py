@@ -88,8 +88,13 @@ def adapter_zip(adapter_dir: str | Path, extra: dict[str, str] | None = None) ->
 
 
 def import_adapter(src: str | Path, model: str = "smollm2-135m-instruct", task: str = "imported",
-                   run_id: str | None = None) -> Run:
-    """Copy a PEFT soft-prompt adapter trained elsewhere into a new run (state: completed)."""
+                   run_id: str | None = None, prompt_format: str = "plain", input_template: str = "{input}") -> Run:
+    """Copy a PEFT soft-prompt adapter trained elsewhere into a new run (state: completed).
+
+    The run formats inputs the way the adapter's trainer did: by default PEFT's own convention,
+    the raw input text with no chat template (`plain`, template "{input}"). An adapter trained on
+    chat-formatted or templated examples is imported with that `prompt_format` / `input_template`.
+    """
     from core.model.loading import model_config  # loads transformers: only when importing
 
     src = Path(src).expanduser()
@@ -109,12 +114,13 @@ def import_adapter(src: str | Path, model: str = "smollm2-135m-instruct", task: 
             "P-tuning or prefix tuning adapters."
         )
     adapter_prompt(src)  # the weights are a readable safetensors file
-    check_adapter_fits(src, model_config(model), model)
     cfg = TuneConfig(model=model, task=task, method=method, num_virtual_tokens=int(conf["num_virtual_tokens"]),
-                     init="random", max_steps=1)
+                     init="random", max_steps=1, prompt_format=prompt_format, input_template=input_template)
+    check_adapter_fits(src, model_config(model), model)
     run = new_run(cfg, run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-imported-{method}")
     run.adapter_dir.mkdir()
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copy2(src / name, run.adapter_dir / name)
-    run.set_status(state=RunState.COMPLETED, step=0, total=0, imported_from=str(src))
+    run.set_status(state=RunState.COMPLETED, step=0, total=0, imported_from=str(src),
+                   imported_format={"prompt_format": cfg.prompt_format.value, "input_template": cfg.input_template})
     return run
