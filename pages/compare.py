@@ -10,6 +10,7 @@ from core.errors import WorkbenchError
 from core.store.runs import FINISHED, list_runs
 from core.tasks import BUILTIN, guess_columns, load_records, load_task, peek, save_upload
 from workbench.compare_view import render_metrics, render_robustness, render_rows
+from workbench.rating_view import render_rating
 from workbench.state import generator, sentence_embedder
 
 st.title("Compare soft and hard prompts")
@@ -126,13 +127,15 @@ if result:
                f"generated in {result['seconds']:.1f} s · same decoding for every system: {result['decoding']}")
     robustness = st.session_state.get("cmp_robust")
     robustness = robustness if robustness and robustness["keys"]["original"] == result["key"] else None
-    tabs = st.tabs(["Metrics", "Outputs"] + (["Robustness"] if robustness else []))
+    tabs = st.tabs(["Metrics", "Outputs", "Blind rating"] + (["Robustness"] if robustness else []))
     with tabs[0]:
         render_metrics(result)
     with tabs[1]:
         render_rows(result)
+    with tabs[2]:
+        render_rating(result)
     if robustness:
-        with tabs[2]:
+        with tabs[3]:
             render_robustness(robustness)
 
 st.subheader("Playground")

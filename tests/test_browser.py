@@ -180,3 +180,11 @@ def test_a_new_users_own_file_and_task_switch_in_a_real_browser(app, page, tmp_p
     pg.locator(".js-plotly-plot").first.wait_for()
     assert "16 inputs" in pg.inner_text("body")
     pg.screenshot(path=str(ARTIFACTS / "9-compare-own-file.png"), full_page=True)
+
+    pg.get_by_role("tab", name="Blind rating").click()  # a blind vote, by keyboard, then the ranking
+    pg.get_by_text("Which answer is better?").wait_for()
+    pg.locator("body").click(position={"x": 5, "y": 5})
+    pg.keyboard.press("a")
+    pg.get_by_text("Ranking").wait_for(timeout=60_000)
+    assert "from 1 votes" in pg.inner_text("body")
+    pg.screenshot(path=str(ARTIFACTS / "10-blind-rating.png"), full_page=True)
