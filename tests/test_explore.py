@@ -88,7 +88,10 @@ def test_neighbour_table_exact_against_forest():
     assert np.allclose(table["distance to nearest (1 - cos)"], 1 - table["cosine to nearest"])
     assert 0 <= recall <= 1 and np.isclose(recall, table["LSH recall@4"].mean())
     full, recall_all = neighbour_table(prompts, exact, forest, LABELS, k=4, candidates=len(ANCHORS))
-    assert recall_all == 1.0 and list(full["LSH forest top-4"]) == list(full["exact top-4"])  # all candidates
+    assert recall_all == 1.0 and (full["exact agrees"] == "yes").all()  # all candidates
+    assert [t.replace(" ✓", "") for t in full["LSH forest top-4"]] == list(full["exact top-4"])
+    marks = " ".join(table["LSH forest top-4"])
+    assert marks.count("✓") == round(table["LSH recall@4"].sum() * 4)  # one mark per answer exact search agrees with
 
 
 def test_graph_on_a_subsample_keeps_prompt_neighbours_connected():

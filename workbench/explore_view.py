@@ -94,8 +94,11 @@ def token_norm(spec: str) -> float:
 
 
 @st.cache_resource(show_spinner="Building the LSH forest over the vocabulary…")
-def lsh_forest(spec: str, n_bits: int, num_perm: int, trees: int, bits_per_token: int) -> LSHForestIndex:
-    return LSHForestIndex(n_bits=n_bits, num_perm=num_perm, l=trees, bits_per_token=bits_per_token).fit(anchors(spec))
+def lsh_forest(spec: str, family: str, n_bits: int, num_perm: int, trees: int, bits_per_token: int,
+               probes: int) -> LSHForestIndex:
+    """The forest with these parameters (probes only changes queries, but is recorded with the index)."""
+    return LSHForestIndex(family=family, n_bits=n_bits, num_perm=num_perm, l=trees, bits_per_token=bits_per_token,
+                          probes=probes).fit(anchors(spec))
 
 
 def run_colors(run_ids: list[str]) -> dict[str, str]:

@@ -138,8 +138,10 @@ def search_tokens(query: str, tokenizer, labels: list[str]) -> np.ndarray:
     return np.array(sorted(i for i in ids if i < len(labels)), np.int64)
 
 
-def _tops(labels, idx: np.ndarray, sims: np.ndarray) -> str:
-    return ", ".join(f"{labels[i]} {s:.2f}" for i, s in zip(idx, sims) if i >= 0)
+def _tops(labels, idx: np.ndarray, sims: np.ndarray, exact: np.ndarray | None = None) -> str:
+    """'token cos, ...'; with exact ids each answer is marked ✓ (exact search agrees) or ✗ (it does not)."""
+    mark = (lambda i: "") if exact is None else (lambda i: " ✓" if i in exact else " ✗")
+    return ", ".join(f"{labels[i]} {s:.2f}{mark(i)}" for i, s in zip(idx, sims) if i >= 0)
 
 
 def neighbour_table(prompts: list[tuple[str, np.ndarray]], exact: ExactCosine, forest, labels: list[str], k: int,
@@ -148,7 +150,8 @@ def neighbour_table(prompts: list[tuple[str, np.ndarray]], exact: ExactCosine, f
 
     prompts: (label, vectors (P, D)). Cosines are on mean-centred embeddings; the forest's
     candidates (default k * forest.candidates_per_k) are re-ranked by exact cosine, and its recall is
-    measured against exact top-k. With token_norm (the median vocabulary norm) a norm-ratio column is added.
+    measured against exact top-k; each LSH answer is marked ✓ when exact search has it in its top-k
+    too, ✗ when not, and "exact agrees" says how many of the k agree. With token_norm (the median vocabulary norm) a norm-ratio column is added.
     """
     rows, ex_all, ap_all = [], [], []
     for label, vectors in prompts:
@@ -160,9 +163,11 @@ def neighbour_table(prompts: list[tuple[str, np.ndarray]], exact: ExactCosine, f
                    "cosine to nearest": float(ex_s[j, 0]), "distance to nearest (1 - cos)": float(1.0 - ex_s[j, 0])}
             if token_norm:
                 row["norm / median token norm"] = float(norms[j] / token_norm)
-            rows.append({**row, f"LSH recall@{k}": recall_at_k(ap_i[j:j + 1], ex_i[j:j + 1]),
+            agree = recall_at_k(ap_i[j:j + 1], ex_i[j:j + 1])
+            rows.append({**row, f"LSH recall@{k}": agree,
+                         "exact agrees": "yes" if agree == 1.0 else f"{round(agree * k)}/{k}",
                          f"exact top-{k}": _tops(labels, ex_i[j], ex_s[j]),
-                         f"LSH forest top-{k}": _tops(labels, ap_i[j], ap_s[j])})
+                         f"LSH forest top-{k}": _tops(labels, ap_i[j], ap_s[j], set(ex_i[j].tolist()))})
         ex_all.append(ex_i)
         ap_all.append(ap_i)
     recall = recall_at_k(np.concatenate(ap_all), np.concatenate(ex_all)) if rows else float("nan")
