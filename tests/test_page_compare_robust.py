@@ -25,8 +25,8 @@ def test_robustness_tab_on_the_tiny_model(home, tiny_model_dir, toy_data):
     at.slider(key="cmp_k").set_value(2)
     at.button(key="cmp_go").click().run()
     assert not at.exception and not at.error, (at.exception, at.error)
-    assert [t.label for t in at.tabs] == ["Metrics", "Outputs", "Robustness"]
-    robust = at.tabs[2]
+    assert [t.label for t in at.tabs] == ["Metrics", "Outputs", "Blind rating", "Robustness"]
+    robust = at.tabs[3]
     table = robust.dataframe[0].value
     assert list(table.index) == ["soft: soft-run", "hard: default", "bare model"]
     assert list(table.columns) == ["original", "shifted", "casing", "punct_spacing", "min", "mean", "max",
@@ -38,4 +38,4 @@ def test_robustness_tab_on_the_tiny_model(home, tiny_model_dir, toy_data):
     # a comparison without the box ticked shows no (stale) robustness tab
     at.checkbox(key="cmp_variants").uncheck().run()
     at.button(key="cmp_go").click().run()
-    assert not at.exception and [t.label for t in at.tabs] == ["Metrics", "Outputs"]
+    assert not at.exception and [t.label for t in at.tabs] == ["Metrics", "Outputs", "Blind rating"]
