@@ -149,3 +149,30 @@ def test_continuous_batching_gives_every_row_what_it_gets_alone(monkeypatch):
     together = Generator(lm.model, lm.tokenizer, batch_size=4).generate(rows, decoding)
     assert together == alone
     assert merges, "no row joined a running batch: the inputs no longer end at different times"
+
+
+def test_a_run_trained_with_format_augmentation_answers_shifted_inputs(tmp_path, monkeypatch):
+    """qa-style data in one layout; the run is trained with format augmentation and asked questions
+    laid out as it never saw them in its own data (other line breaks, field names, quotes, a preface)."""
+    from core.evaluate.metrics import token_f1
+    from core.generate.variants import shifted
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "ws"))
+    things = ["apple", "river", "stone", "cloud", "music", "garden", "window", "pencil", "candle", "forest",
+              "bridge", "tiger", "orange", "silver", "planet", "rocket", "castle", "dragon", "winter", "summer",
+              "violin", "carpet", "lemon", "anchor"]
+    rows = [{"input": f"Context: Anna put the {w} in the box.\nQuestion: What did Anna put in the box?",
+             "target": w} for w in things]
+    data = tmp_path / "box.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = tiny_config("smollm2-135m-instruct", str(data), max_steps=30, eval_every=30, save_every=30,
+                      num_virtual_tokens=8, learning_rate=0.1, format_augmentation=1.0, method="prompt-tuning",
+                      init="text", init_text="Answer with the word from the context.")
+    run = new_run(cfg)
+    assert training.train(run)["state"] == "completed"
+    held_out = [{"input": f"Context: Anna put the {w} in the box.\nQuestion: What did Anna put in the box?",
+                 "target": w} for w in ["mirror", "basket", "feather", "hammer", "bottle", "ladder"]]
+    moved = shifted(held_out, seed=5)
+    assert all(m["input"] != h["input"] for m, h in zip(moved, held_out))
+    outs = generate_for_run(run.id, [m["input"] for m in moved], max_new_tokens=6)
+    scores = [token_f1(o, m["target"]) for o, m in zip(outs, moved)]
+    assert sum(scores) / len(scores) >= 0.5, list(zip([m["input"] for m in moved], outs))
