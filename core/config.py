@@ -128,6 +128,8 @@ class TuneConfig:
         share = self.format_augmentation
         if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share <= 1:
             errors["format_augmentation"] = f"{share!r} is not a share between 0 and 1 (0 = off, 0.5 = half)."
+        else:
+            self.format_augmentation = float(share)  # 0 and 0.0 are one config (runs are named by it)
         if "{input}" not in (self.input_template or ""):
             errors["input_template"] = f"{self.input_template!r} has no {{input}} placeholder: add {{input}} where the example goes."
         if self.init == Init.TEXT and not (self.init_text or "").strip():

@@ -127,7 +127,8 @@ if result:
                f"generated in {result['seconds']:.1f} s · same decoding for every system: {result['decoding']}")
     robustness = st.session_state.get("cmp_robust")
     robustness = robustness if robustness and robustness["keys"]["original"] == result["key"] else None
-    tabs = st.tabs(["Metrics", "Outputs", "Blind rating"] + (["Robustness"] if robustness else []))
+    tabs = st.tabs(["Metrics", "Outputs", "Blind rating"] + (["Robustness"] if robustness else []),
+                   key="cmp_tabs", on_change="rerun")  # the open tab stays open after a vote
     with tabs[0]:
         render_metrics(result)
     with tabs[1]:

@@ -140,6 +140,7 @@ def test_a_new_users_own_file_and_task_switch_in_a_real_browser(app, page, tmp_p
 
     pg.goto(f"{app}/tune")
     pg.get_by_text("Tune a soft prompt").wait_for()
+    pg.get_by_text("Training settings").wait_for()  # the form as a user first sees it, then Data -> My file
     pg.get_by_text("My file").click()
     pg.get_by_text("Upload a file with one example").wait_for()
     pg.locator("input[type=file]").set_input_files(str(csv))
@@ -182,8 +183,9 @@ def test_a_new_users_own_file_and_task_switch_in_a_real_browser(app, page, tmp_p
     pg.screenshot(path=str(ARTIFACTS / "9-compare-own-file.png"), full_page=True)
 
     pg.get_by_role("tab", name="Blind rating").click()  # a blind vote, by keyboard, then the ranking
-    pg.get_by_text("Which answer is better?").wait_for()
-    pg.locator("body").click(position={"x": 5, "y": 5})
+    prompt = pg.get_by_text("Which answer is better?")
+    prompt.wait_for()
+    prompt.click()  # focus on the page, not in a text field: the keys vote
     pg.keyboard.press("a")
     pg.get_by_text("Ranking").wait_for(timeout=60_000)
     assert "from 1 votes" in pg.inner_text("body")

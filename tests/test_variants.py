@@ -107,5 +107,6 @@ def test_augment_keeps_every_example_and_adds_shifted_copies_of_a_share():
 def test_augmentation_share_is_checked_by_the_config():
     from core.config import ConfigError, TuneConfig
     assert TuneConfig(format_augmentation=0.5).format_augmentation == 0.5
+    assert TuneConfig(format_augmentation=0).to_json() == TuneConfig(format_augmentation=0.0).to_json()  # one run name
     with pytest.raises(ConfigError, match="format_augmentation.*between 0 and 1"):
         TuneConfig(format_augmentation=1.5)
