@@ -34,6 +34,8 @@ def render_rating(result: dict) -> None:
         return
     summary = rating_summary(votes, [s["name"] for s in result["systems"]])
     st.markdown(f"**Ranking** from {summary['votes']} votes (Bradley-Terry strength, 95% interval)")
+    if summary["votes"] < 20:
+        st.caption("Few votes yet: the intervals (votes resampled) mean little until there are a few dozen.")
     st.dataframe(pd.DataFrame(summary["ranking"]), hide_index=True, width="stretch", key="rate_ranking",
                  column_config={c: st.column_config.NumberColumn(format="%.2f") for c in ("strength", "low", "high")})
     if summary["pairs"]:
