@@ -50,6 +50,14 @@ class ConfigError(WorkbenchError, ValueError):
         super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
 
 
+def known_fields(cls, data: dict, what: str) -> dict:
+    """`data`, when every key is a field of the dataclass `cls`; else a ConfigError naming each other key."""
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ConfigError({k: f"is not a {what} (check its spelling)." for k in unknown})
+    return data
+
+
 def _f(default, help: str, **kw):
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
@@ -154,11 +162,7 @@ class TuneConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TuneConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError({k: "is not a config field (check its spelling)." for k in unknown})
-        return cls(**data)
+        return cls(**known_fields(cls, data, "config field"))
 
     @classmethod
     def for_task(cls, **values) -> "TuneConfig":

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from core.config import ConfigError, PromptFormat
+from core.config import ConfigError, PromptFormat, known_fields
 from core.generate.variants import TRANSFORMS
 from core.tasks import BUILTIN
 
@@ -101,11 +101,7 @@ class CompareOptions:
 
     @classmethod
     def from_dict(cls, data: dict) -> "CompareOptions":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError({k: "is not a comparison setting (check its spelling)." for k in unknown})
-        return cls(**data)
+        return cls(**known_fields(cls, data, "comparison setting"))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
