@@ -25,7 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.explore.vocabmap import load_or_fit  # noqa: E402
-from core.explore.neighbors import ExactCosine, LSHForestIndex, recall_at_k  # noqa: E402
+from core.explore.neighbors import ExactCosine, recall_at_k  # noqa: E402
+from core.explore.lshforest import LSHForestIndex  # noqa: E402
 
 TARGETS = {"build_s": 60.0, "reopen_s": 1.0, "place_s": 1.0, "exact_top10_s": 0.2}
 FOREST_SETTINGS = [  # (forest parameters, candidates per query)

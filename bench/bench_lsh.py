@@ -29,7 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.explore.neighbors import DEFAULT_LSH, ExactCosine, LSHForestIndex, recall_at_k  # noqa: E402
+from core.explore.neighbors import ExactCosine, recall_at_k  # noqa: E402
+from core.explore.lshforest import DEFAULT_LSH, LSHForestIndex  # noqa: E402
 
 OLD = dict(family="minhash", n_bits=512, num_perm=128, l=16, bits_per_token=2)
 BANDS = dict(family="bands", n_bits=512, num_perm=256, bits_per_token=2)

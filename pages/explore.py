@@ -7,9 +7,8 @@ from core.explore.prompts import (graphistry_settings, graphistry_upload, map_se
 from core.errors import WorkbenchError
 from core.store.runs import Run, list_runs
 from core.explore.vocabgraph import prompt_points
-from core.explore.neighbors import FAMILIES, default_lsh
 from workbench.explore_view import (GRAPHISTRY_HELP, P_TUNING_NOTE, PREFIX_MESSAGE, graph_figure, labels,
-                                    lsh_forest, map_figure, run_colors, token_norm, vocab_map)
+                                    lsh_forest, lsh_settings, map_figure, run_colors, token_norm, vocab_map)
 from workbench.state import base_model
 
 st.title("Explore prompt tokens")
@@ -114,44 +113,23 @@ if tab_graph.open:
 
 if tab_nn.open:
     with tab_nn:
-        d = default_lsh(model)
-        with st.expander("LSH forest parameters"):
-            c1, c2, c3, c4, c5, c6 = st.columns(6)
-            family = c1.selectbox("Hash family", list(FAMILIES), FAMILIES.index(d["family"]), key="exp_lsh_family",
-                                  help="bands: each hash value is a band of sign bits, so a tree prefix matches only "
-                                  "when those bits agree. minhash: MinHash of the set of bit groups (the old index).")
-            n_bits = c2.selectbox("Sign bits", [128, 256, 512, 1024], [128, 256, 512, 1024].index(d["n_bits"]),
-                                  key="exp_lsh_bits")
-            bpt = c3.selectbox("Bits per band / token", [1, 2, 4, 8], [1, 2, 4, 8].index(d["bits_per_token"]),
-                               key="exp_lsh_bpt")
-            if family == "bands":
-                num_perm = n_bits // bpt
-                c4.caption(f"Hash values: {num_perm} (sign bits / bits per band)")
-            else:
-                num_perm = c4.selectbox("MinHash permutations", [32, 64, 128, 256], 2, key="exp_lsh_perm")
-            trees = c4.slider("Trees (l)", 1, num_perm, min(d["l"], num_perm), key="exp_lsh_trees")
-            probes = c5.number_input("Probes", 1, 16, d["probes"], key="exp_lsh_probes",
-                                     help="1 + the perturbed queries per prefix length: each flips the next "
-                                     "least-confident sign bit (projection closest to 0).")
-            cand = c6.number_input("Candidates", 10, 50000, 10 * d["candidates_per_k"], key="exp_lsh_cand",
-                                   help="Candidates the forest proposes per virtual token, re-ranked by exact "
-                                   "cosine. More finds more of the exact top-k, slower.")
+        family, n_bits, num_perm, trees, bpt, probes, cand = lsh_settings(model)
         if not vectors:
             st.info("No input-space prompt vectors among the picked runs.")
         else:
             try:
-                forest = lsh_forest(model, family, n_bits, num_perm, trees, bpt, int(probes))
+                forest = lsh_forest(model, family, n_bits, num_perm, trees, bpt, probes)
             except ValueError as e:
                 st.error(f"LSH forest parameters: {e}")
                 st.stop()
             table, recall = neighbour_table(list(vectors.items()), vmap.index_, forest, names, k,
-                                            candidates=max(int(cand), k), token_norm=token_norm(model))
+                                            candidates=max(cand, k), token_norm=token_norm(model))
             st.metric(f"LSH forest recall@{k} against exact cosine", f"{recall:.1%}",
                       help="Share of the exact top-k that the forest finds, over these virtual tokens. Raise "
                       "'Candidates' (slower) when it is low.")
             st.caption("Cosine similarity of mean-centred embeddings. Exact (brute force) is the reference; the "
                        "LSH forest (datasketch MinHashLSHForest over sign-random-projection sets) proposes "
                        "candidates that are re-ranked by exact cosine; ✓ marks an answer exact search agrees with. "
-                       f"Index: {forest!r}, {int(cand)} candidates per virtual token.")
+                       f"Index: {forest!r}, {cand} candidates per virtual token.")
             floats = {c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if table[c].dtype == float}
             st.dataframe(table, hide_index=True, width="stretch", column_config=floats, key="exp_table")

@@ -12,7 +12,8 @@ from safetensors.numpy import save_file
 from core.explore.prompts import (graphistry_plotter, graphistry_settings, graphistry_upload, load_prompt, map_cache_dir,
                           map_settings, neighbour_table, prompt_sources, run_prompts, search_tokens, table_bytes,
                           token_labels, vocab_graph)
-from core.explore.neighbors import ExactCosine, LSHForestIndex
+from core.explore.neighbors import ExactCosine
+from core.explore.lshforest import LSHForestIndex
 from core.errors import WorkbenchError
 from core.store.runs import Run
 from core.explore.vocabgraph import n_components, prompt_points

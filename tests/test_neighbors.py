@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 from datasketch import MinHash
 
-from core.explore.neighbors import DEFAULT_LSH, ExactCosine, LSHForestIndex, default_lsh, recall_at_k
+from core.explore.neighbors import ExactCosine, recall_at_k
+
+from core.explore.lshforest import DEFAULT_LSH, LSHForestIndex, default_lsh
 
 RNG = np.random.default_rng(0)
 ANCHORS = RNG.standard_normal((400, 24)).astype(np.float32)  # (V, D)

@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.explore.neighbors import ExactCosine, LSHForestIndex
+from core.explore.neighbors import ExactCosine
+from core.explore.lshforest import LSHForestIndex
 from core.explore.vocabgraph import (PromptPoints, anchor_neighbors, export, graph_tables, knn_graph, map_graph,
                              n_components, prompt_points, spanning_tree)
 

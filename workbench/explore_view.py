@@ -14,7 +14,7 @@ from workbench.charts import PALETTE
 from core.explore.vocabmap import load_or_fit
 from core.explore.prompts import PromptSource, map_cache_dir, map_settings, token_labels
 from core.model.loading import embedding_matrix
-from core.explore.neighbors import LSHForestIndex
+from core.explore.lshforest import FAMILIES, LSHForestIndex, default_lsh
 from core.explore.vocabgraph import PromptPoints
 from workbench.state import base_model
 
@@ -196,3 +196,32 @@ def graph_figure(nodes: pd.DataFrame, edges: pd.DataFrame, colors: dict[str, str
         _points(fig, group["x"], group["y"], run, text,
                 dict(size=13, color=colors.get(run, "#334155"), line=dict(color="white", width=1.5)))
     return _layout(fig, height, "vocab-graph")
+
+
+def lsh_settings(model: str) -> tuple:
+    """The LSH forest's parameters from the Neighbours tab's expander, starting at the model's
+    defaults (core/explore/lshforest.default_lsh): (family, bits, hash values, trees, bits per
+    band, probes, candidates per virtual token)."""
+    d = default_lsh(model)
+    with st.expander("LSH forest parameters"):
+        c1, c2, c3, c4, c5, c6 = st.columns(6)
+        family = c1.selectbox("Hash family", list(FAMILIES), FAMILIES.index(d["family"]), key="exp_lsh_family",
+                              help="bands: each hash value is a band of sign bits, so a tree prefix matches only "
+                              "when those bits agree. minhash: MinHash of the set of bit groups (the old index).")
+        n_bits = c2.selectbox("Sign bits", [128, 256, 512, 1024], [128, 256, 512, 1024].index(d["n_bits"]),
+                              key="exp_lsh_bits")
+        bpt = c3.selectbox("Bits per band / token", [1, 2, 4, 8], [1, 2, 4, 8].index(d["bits_per_token"]),
+                           key="exp_lsh_bpt")
+        if family == "bands":
+            num_perm = n_bits // bpt
+            c4.caption(f"Hash values: {num_perm} (sign bits / bits per band)")
+        else:
+            num_perm = c4.selectbox("MinHash permutations", [32, 64, 128, 256], 2, key="exp_lsh_perm")
+        trees = c4.slider("Trees (l)", 1, num_perm, min(d["l"], num_perm), key="exp_lsh_trees")
+        probes = c5.number_input("Probes", 1, 16, d["probes"], key="exp_lsh_probes",
+                                 help="1 + the perturbed queries per prefix length: each flips the next "
+                                 "least-confident sign bit (projection closest to 0).")
+        cand = c6.number_input("Candidates", 10, 50000, 10 * d["candidates_per_k"], key="exp_lsh_cand",
+                               help="Candidates the forest proposes per virtual token, re-ranked by exact "
+                               "cosine. More finds more of the exact top-k, slower.")
+    return family, n_bits, num_perm, trees, bpt, int(probes), int(cand)

@@ -15,7 +15,9 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
-from core.explore.neighbors import ExactCosine, LSHForestIndex, _check_k
+from core.explore.neighbors import ExactCosine, _check_k
+
+from core.explore.lshforest import LSHForestIndex
 
 MIN_WEIGHT = 1e-6  # csgraph reads a weight of 0 as "no edge"; duplicate tokens get this instead
 FORMATS = ("csv", "parquet")
