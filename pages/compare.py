@@ -7,7 +7,7 @@ from core.generate.variants import TRANSFORMS
 from core.generate.generator import Decoding
 from core.model.loading import DEFAULT_MODEL
 from core.errors import WorkbenchError
-from core.store.runs import FINISHED, list_runs
+from core.store.runs import FINISHED, list_runs, newest_finished
 from core.tasks import BUILTIN, guess_columns, load_records, load_task, peek, save_upload
 from workbench.compare_view import render_metrics, render_robustness, render_rows
 from workbench.rating_view import render_rating
@@ -17,15 +17,10 @@ st.title("Compare soft and hard prompts")
 all_runs = list_runs()
 
 
-def task_runs(model: str, task: str) -> list[str]:
-    """The soft prompts a model and task start with: the task's newest completed run."""
-    done = [r for r in all_runs if r["model"] == model and r["task"] == task and r["state"] in FINISHED]
-    return [max(done, key=lambda r: r["created"] or 0)["id"]] if done else []
-
-
 def follow_context() -> None:
     """A selection follows the context it was made for: a new task or model picks its own run."""
-    st.session_state["cmp_runs"] = task_runs(st.session_state["cmp_model"], st.session_state["cmp_task"])
+    state = st.session_state
+    state["cmp_runs"] = newest_finished(all_runs, state["cmp_model"], state["cmp_task"])
 
 
 with st.sidebar:
@@ -76,7 +71,7 @@ with st.sidebar:
 
 runs = {r["id"]: r for r in all_runs if r["model"] == model and r["state"] in FINISHED}
 if "cmp_runs" not in st.session_state:
-    st.session_state["cmp_runs"] = task_runs(model, task.spec.name)
+    st.session_state["cmp_runs"] = newest_finished(all_runs, model, task.spec.name)
 st.session_state["cmp_runs"] = [r for r in st.session_state["cmp_runs"] if r in runs]  # deleted runs drop out
 st.subheader("Systems")
 c1, c2 = st.columns(2)

@@ -170,3 +170,11 @@ def delete_run(run_id: str) -> None:
     if run.status().get("state") in ACTIVE:
         raise WorkbenchError(f"Run {run_id!r} is still {run.status()['state']}: cancel it before deleting it.")
     shutil.rmtree(run.path)
+
+
+def newest_finished(runs: list[dict], model: str, task: str) -> list[str]:
+    """The id of the newest finished run (completed or cancelled) of `task` on `model`, from
+    `list_runs()` summaries, as a one-item list (empty when there is none): what a comparison of
+    that task starts with."""
+    done = [r for r in runs if r["model"] == model and r["task"] == task and r["state"] in FINISHED]
+    return [max(done, key=lambda r: r["created"] or 0)["id"]] if done else []
