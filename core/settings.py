@@ -63,12 +63,13 @@ def _version(name: str) -> str | None:
         return None
 
 
-def _cpu() -> str:
+def cpu_name() -> str:
+    """The processor's model name from /proc/cpuinfo, or "?" where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
     except OSError:
-        return platform.processor()
+        return "?"
 
 
 def runtime(device: str = "cpu", precision: str = "fp32") -> dict:
@@ -77,5 +78,5 @@ def runtime(device: str = "cpu", precision: str = "fp32") -> dict:
         "settings": dataclasses.asdict(SETTINGS),
         "device": device, "precision": precision,
         "versions": {"python": sys.version.split()[0], **{lib: _version(lib) for lib in LIBRARIES}},
-        "machine": {"platform": platform.platform(), "cpu": _cpu(), "cores": os.cpu_count()},
+        "machine": {"platform": platform.platform(), "cpu": cpu_name(), "cores": os.cpu_count()},
     }

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from core import settings
 from core.config import TuneConfig
 from core.errors import WorkbenchError
 from core.store.paths import REPO_ROOT, check_run_id, read_json, workspace, write_json_atomic
@@ -70,10 +71,7 @@ def reports() -> list[dict]:
 
 
 def machine() -> str:
-    cpu = "?"
-    if os.path.exists("/proc/cpuinfo"):
-        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return f"{settings.cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def run_report(task_name: str, lengths=LENGTHS, inits=INITS, overrides: dict | None = None,
