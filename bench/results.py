@@ -35,7 +35,8 @@ from core.config import TuneConfig  # noqa: E402
 from core.generate.generator import Generator, System  # noqa: E402
 from core.generate.variants import shifted  # noqa: E402
 from core.store.paths import read_json  # noqa: E402
-from core.evaluate.report import machine, run_for_config  # noqa: E402
+from core.evaluate.report import config_digest, machine, run_for_config, shift_change  # noqa: E402
+from core.store.paths import runs_dir  # noqa: E402
 from core.store.runs import Run  # noqa: E402
 from core.tasks import BUILTIN, load_task  # noqa: E402
 
@@ -56,7 +57,10 @@ def parse_sets(items: list[str]) -> dict:
 
 def trained_run(cfg: TuneConfig, tag: str) -> tuple[Run, dict]:
     """The completed run for this config (trained now in a child process, or found from before)."""
-    run = run_for_config(cfg, f"results-{cfg.task}" + (f"-{tag.strip('-')}" if tag.strip("-") else ""))
+    # the same config trained under another tag counts too (a run is named by its config's digest)
+    same = [Run.open(p.name) for p in sorted(runs_dir().glob(f"results-{cfg.task}-*{config_digest(cfg)}"))]
+    done = [r for r in same if r.status().get("state") == "completed" and r.config() == cfg]
+    run = done[0] if done else run_for_config(cfg, f"results-{cfg.task}" + (f"-{tag.strip('-')}" if tag.strip("-") else ""))
     if run.status().get("state") == "completed":
         saved = read_json(run.path / "results-train.json", default=None)
         return run, saved or {"train_s": run.status().get("elapsed"), "peak_rss_gib": None,
@@ -105,25 +109,26 @@ def evaluate(gen: Generator, task, run: Run, split: str, shift: bool = False) ->
 
 
 def table(rows: list[dict], split: str) -> str:
-    lines = [f"| task | metric ({split}, n) | soft prompt | best hard prompt | bare model | soft, shifted | "
-             "best hard, shifted | soft ahead (as is / shifted) | train time | peak RSS | defaults |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| task | metric ({split}, n) | soft prompt [95% CI] | best hard prompt [95% CI] | bare model | "
+             "soft, shifted [95% CI] | best hard, shifted [95% CI] | soft under shift | soft ahead (as is / shifted) | "
+             "train time | peak RSS | defaults |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
-    def pair(soft: float, hard: float) -> tuple[str, str]:
-        a, b = f"{soft:.3f}", f"{hard:.3f}"
-        return (f"**{a}**", b) if soft > hard else (a, f"**{b}**")
+    def pair(r: dict) -> tuple[str, str]:
+        a, b = (f"{r[k]:.3f} [{r[k + '_ci'][0]:.2f}, {r[k + '_ci'][1]:.2f}]" for k in ("soft", "best_hard"))
+        return (f"**{a}**", b) if r["soft"] > r["best_hard"] else (a, f"**{b}**")
 
     for r in rows:
         d, sh = r["config"], r["shifted"]
         defaults = (f"{d['method']}, {d['num_virtual_tokens']} tok, {d['init']} init, lr {d['learning_rate']:g}, "
                     f"{d['max_steps']} steps x {d['batch_size']}, {d['prompt_format']}"
                     + (f", format augmentation {d['format_augmentation']:g}" if d.get("format_augmentation") else ""))
-        soft, hard = pair(r["soft"], r["best_hard"])
-        s_soft, s_hard = pair(sh["soft"], sh["best_hard"])
+        (soft, hard), (s_soft, s_hard) = pair(r), pair(sh)
         ahead = f"{'yes' if r['soft'] > r['best_hard'] else 'no'} / {'yes' if sh['soft'] > sh['best_hard'] else 'no'}"
         lines.append(f"| {r['task']} | {r['metric']} (n={r['n']}) | {soft} | {hard} "
                      f"({r['best_hard_system'].removeprefix('hard: ')}) | {r['bare']:.3f} | {s_soft} | {s_hard} | "
-                     f"{ahead} | {r['train_s'] / 60:.1f} min | {(r['peak_rss_gib'] or 0):.2f} GiB | {defaults} |")
+                     f"{shift_change(r['soft'], sh['soft'])} | {ahead} | {r['train_s'] / 60:.1f} min | "
+                     f"{(r['peak_rss_gib'] or 0):.2f} GiB | {defaults} |")
     wins = sum(r["soft"] > r["best_hard"] for r in rows)
     wins_shifted = sum(r["shifted"]["soft"] > r["shifted"]["best_hard"] for r in rows)
     lines.append(f"\nSoft prompt ahead of the best hard prompt on {wins} of {len(rows)} tasks as shipped, and on "

@@ -75,3 +75,20 @@ def test_results_page_shows_the_report_and_starts_one(sentiment_report, monkeypa
     assert spawned[0][0] == ["report", "--task", "paraphrase", "--lengths", "5", "20", "--inits", "random", "text",
                              "--steps", "30"]
     assert any("4 points" in s.value for s in at.success)
+
+
+def test_results_table_reports_the_shifted_split_with_intervals(tmp_path):
+    """The table a user reads: each task on the test split and on its shifted copy, the soft prompt's
+    interval, and how much of its score it keeps when the inputs' layout changes."""
+    def row(task, soft, hard, s_soft, s_hard):
+        return {"task": task, "metric": "token_f1", "n": 20, "soft": soft, "soft_ci": [soft - 0.1, soft + 0.1],
+                "best_hard": hard, "best_hard_system": "hard: default (plain)", "bare": 0.1, "train_s": 120,
+                "shifted": {"soft": s_soft, "soft_ci": [s_soft - 0.1, s_soft + 0.1], "best_hard": s_hard}}
+    path = tmp_path / "results-test.json"
+    path.write_text(json.dumps({"machine": "here", "rows": [row("qa", 0.8, 0.3, 0.6, 0.35),
+                                                             row("sentiment", 0.7, 0.5, 0.45, 0.5)]}))
+    table = rep.results_table(path)
+    qa, sentiment = table["rows"]
+    assert qa["soft change under shift"] == "-25%" and qa["soft 95% CI"] == "0.700-0.900"
+    assert qa["soft ahead, shifted"] and not sentiment["soft ahead, shifted"]
+    assert (table["wins"], table["wins_shifted"]) == (2, 1)

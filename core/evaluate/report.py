@@ -39,10 +39,15 @@ def init_values(spec: TaskSpec, init: str) -> dict | None:
     return {"init": init}
 
 
+def config_digest(cfg: TuneConfig) -> str:
+    """Eight hex digits naming a config: runs trained with equal configs share it."""
+    return hashlib.sha256(cfg.to_json().encode()).hexdigest()[:8]
+
+
 def run_for_config(cfg: TuneConfig, prefix: str) -> Run:
     """The run named by `prefix` and the config's digest: the completed one from before, or a new
     queued one (an unfinished leftover is deleted first)."""
-    run_id = check_run_id(f"{prefix}-{hashlib.sha256(cfg.to_json().encode()).hexdigest()[:8]}")
+    run_id = check_run_id(f"{prefix}-{config_digest(cfg)}")
     try:
         run = Run.open(run_id)
     except WorkbenchError:
@@ -122,6 +127,16 @@ def run_report(task_name: str, lengths=LENGTHS, inits=INITS, overrides: dict | N
     return report
 
 
+def interval(ci) -> str:
+    """A 95% interval as text ("0.39-0.48"), blank when it was not measured."""
+    return f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else ""
+
+
+def shift_change(as_is: float, shifted: float) -> str:
+    """How much of its in-distribution score the soft prompt keeps on shifted inputs, as a signed percent."""
+    return f"{(shifted - as_is) / as_is:+.0%}" if as_is else ""
+
+
 def results_table(path: Path | None = None) -> dict | None:
     """The results table (bench/results.py) as rows to show: per task the soft prompt, the best
     hard prompt (and which), the bare model, whether the soft prompt is ahead, the same on the
@@ -131,10 +146,13 @@ def results_table(path: Path | None = None) -> dict | None:
     if not table:
         return None
     rows = [{"task": r["task"], "metric": r["metric"], "n (test)": r["n"], "soft prompt": r["soft"],
-             "best hard prompt": r["best_hard"], "which hard prompt": r["best_hard_system"].removeprefix("hard: "),
+             "soft 95% CI": interval(r.get("soft_ci")), "best hard prompt": r["best_hard"],
+             "which hard prompt": r["best_hard_system"].removeprefix("hard: "),
              "bare model": r["bare"], "soft ahead": r["soft"] > r["best_hard"],
-             **({"soft, shifted": r["shifted"]["soft"], "best hard, shifted": r["shifted"]["best_hard"],
-                 "soft ahead, shifted": r["shifted"]["soft"] > r["shifted"]["best_hard"]} if "shifted" in r else {}),
+             **({"soft, shifted": r["shifted"]["soft"], "soft, shifted 95% CI": interval(r["shifted"].get("soft_ci")),
+                 "best hard, shifted": r["shifted"]["best_hard"],
+                 "soft ahead, shifted": r["shifted"]["soft"] > r["shifted"]["best_hard"],
+                 "soft change under shift": shift_change(r["soft"], r["shifted"]["soft"])} if "shifted" in r else {}),
              "train min": (r["train_s"] or 0) / 60} for r in table["rows"]]
     shifted = all("soft ahead, shifted" in r for r in rows)
     return {"rows": rows, "wins": sum(r["soft ahead"] for r in rows), "machine": table["machine"],
