@@ -35,7 +35,7 @@ from core.config import TuneConfig  # noqa: E402
 from core.generate.generator import Generator, System  # noqa: E402
 from core.generate.variants import shifted  # noqa: E402
 from core.store.paths import read_json  # noqa: E402
-from core.evaluate.report import config_digest, machine, run_for_config, shift_change  # noqa: E402
+from core.evaluate.report import machine, run_for_config, shift_change  # noqa: E402
 from core.store.paths import runs_dir  # noqa: E402
 from core.store.runs import Run  # noqa: E402
 from core.tasks import BUILTIN, load_task  # noqa: E402
@@ -57,8 +57,9 @@ def parse_sets(items: list[str]) -> dict:
 
 def trained_run(cfg: TuneConfig, tag: str) -> tuple[Run, dict]:
     """The completed run for this config (trained now in a child process, or found from before)."""
-    # the same config trained under another tag counts too (a run is named by its config's digest)
-    same = [Run.open(p.name) for p in sorted(runs_dir().glob(f"results-{cfg.task}-*{config_digest(cfg)}"))]
+    # a run of an equal config counts too: trained under another tag, or before a field with an
+    # unchanged default was added to TuneConfig (which changes the digest in the name)
+    same = [Run.open(p.name) for p in sorted(runs_dir().glob(f"results-{cfg.task}-*"))]
     done = [r for r in same if r.status().get("state") == "completed" and r.config() == cfg]
     run = done[0] if done else run_for_config(cfg, f"results-{cfg.task}" + (f"-{tag.strip('-')}" if tag.strip("-") else ""))
     if run.status().get("state") == "completed":
