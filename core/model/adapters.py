@@ -4,7 +4,9 @@ base model, import one trained elsewhere as a run, pack one as a zip.
 PEFT saves every soft-prompt adapter as `prompt_embeddings` (N, width) in
 adapter_model.safetensors: for prompt tuning the embedding table, for P-tuning the encoder's
 output (input-space vectors either way), for prefix tuning the per-layer keys/values (width =
-2 x layers x key/value size), which are not input embeddings.
+2 x layers x key/value size), which are not input embeddings. For an encoder-decoder model
+(T5) PEFT saves 2N input-space rows, of which the first N go in front of the encoder's input;
+only those are read.
 """
 from __future__ import annotations
 
@@ -38,7 +40,10 @@ def adapter_prompt(adapter_dir: str | Path) -> tuple[str, np.ndarray]:
         raise WorkbenchError(f"{weights} is not a readable safetensors file ({e}); re-train or re-import it.") from e
     if "prompt_embeddings" not in tensors:
         raise WorkbenchError(f"{weights} has no prompt_embeddings: it is not a soft-prompt adapter.")
-    return conf.get("peft_type", ""), tensors["prompt_embeddings"].astype(np.float32)
+    prompt = tensors["prompt_embeddings"].astype(np.float32)
+    if conf.get("peft_type") in INPUT_SPACE and conf.get("num_virtual_tokens"):
+        prompt = prompt[: conf["num_virtual_tokens"]]  # encoder-decoder: PEFT keeps N more, unused, rows
+    return conf.get("peft_type", ""), prompt
 
 
 def check_adapter_fits(adapter_dir: str | Path, model_config, model_name: str) -> None:

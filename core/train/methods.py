@@ -8,6 +8,10 @@ embedding after `get_peft_model`:
   tokenizer's training corpus. Special tokens are excluded.
 - class-label: the first virtual tokens are the mean embedding of each label word's tokens;
   the rest are sampled as in sample-vocab.
+
+Encoder-decoder models (T5, FLAN-T5) take PEFT's SEQ_2_SEQ_LM task: prompt tuning and P-tuning
+put the virtual tokens in front of the encoder's input (PEFT keeps a second, unused set of N
+rows for the decoder), prefix tuning gives the decoder's self-attention N keys/values per layer.
 """
 from __future__ import annotations
 
@@ -16,10 +20,12 @@ from peft import (PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuni
                   PromptTuningInit, TaskType, get_peft_model)
 
 from core.config import Init, Method, TuneConfig
+from core.model.loading import is_seq2seq
 
 
-def peft_config(cfg: TuneConfig, tokenizer_path: str):
-    common = dict(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens)
+def peft_config(cfg: TuneConfig, tokenizer_path: str, seq2seq: bool = False):
+    task = TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM
+    common = dict(task_type=task, num_virtual_tokens=cfg.num_virtual_tokens)
     if cfg.method == Method.PROMPT_TUNING:
         if cfg.init == Init.TEXT:
             return PromptTuningConfig(**common, prompt_tuning_init=PromptTuningInit.TEXT,
@@ -65,11 +71,11 @@ def initial_prompt(cfg: TuneConfig, tokenizer, embeddings: torch.Tensor) -> torc
 def build_peft_model(base, tokenizer, cfg: TuneConfig, tokenizer_path: str) -> PeftModel:
     """Wrap the frozen base model; only the prompt parameters are trainable."""
     torch.manual_seed(cfg.seed)
-    model = get_peft_model(base, peft_config(cfg, tokenizer_path))
+    model = get_peft_model(base, peft_config(cfg, tokenizer_path, is_seq2seq(base)))
     start = initial_prompt(cfg, tokenizer, base.get_input_embeddings().weight.detach())
-    if start is not None:
+    if start is not None:  # (N, D) into the encoder's rows (the first N; all of them for a causal LM)
         with torch.no_grad():
-            model.prompt_encoder[model.active_adapter].embedding.weight.copy_(start)
+            model.prompt_encoder[model.active_adapter].embedding.weight[: len(start)].copy_(start)
     assert_frozen(model)
     return model
 

@@ -1,0 +1,169 @@
+"""Encoder-decoder models end to end, on a tiny T5 built here (d_model 16, 2 layers, the bundled
+tokenizer): loading, training through the CLI's tune path, the adapter in plain PEFT, the batched
+generator against PEFT's generate, the reference log-likelihood, the vocabulary map, the Tune page."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
+
+from core.config import TuneConfig
+from core.generate.formatting import Formatter, PadCollator
+from core.generate.generator import Decoding, Generator, System
+from core.model.adapters import input_space_vectors
+from core.model.loading import load_model, model_is_seq2seq
+from core.store.runs import Run
+from core.train.methods import build_peft_model, prompt_vectors
+from core.train.training import SEQ2SEQ_NOTE
+from tests.conftest import open_page, peft_reference, tiny_config
+from tests.test_cli import _flags
+from workbench.cli import main
+
+INPUTS = ["Say apple", "Say a much longer thing please", "Say river", "x"]
+METHODS = [dict(method="prompt-tuning", init="random"), dict(method="prompt-tuning", init="sample-vocab"),
+           dict(method="p-tuning", encoder_type="mlp"), dict(method="prefix-tuning"),
+           dict(method="prefix-tuning", prefix_projection=True)]
+ids = lambda kw: "-".join(str(v) for v in kw.values()) if kw else "bare"  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def t5_dir(tmp_path_factory, tokenizer):
+    """A 2-layer T5 with 16-dim states over the bundled vocabulary; decoding starts at the pad token, as in T5."""
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
+                   decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
+                   eos_token_id=tokenizer.eos_token_id)
+    out = tmp_path_factory.mktemp("tiny-t5")
+    T5ForConditionalGeneration(cfg).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def lm(t5_dir):
+    return load_model(t5_dir)
+
+
+def save_adapter(t5_dir, tokenizer, folder, **kw):
+    """A soft prompt built by the workbench's own method code, scaled up so that it changes the outputs."""
+    torch.manual_seed(1)
+    model = build_peft_model(AutoModelForSeq2SeqLM.from_pretrained(t5_dir), tokenizer,
+                             TuneConfig(num_virtual_tokens=3, encoder_hidden_size=8, **kw), t5_dir)
+    with torch.no_grad():
+        for p in model.prompt_encoder.parameters():
+            p.mul_(20)
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+def test_a_t5_folder_loads_frozen_as_an_encoder_decoder_model(lm, t5_dir):
+    assert model_is_seq2seq(t5_dir) and not model_is_seq2seq("/no/such/folder")
+    assert isinstance(lm.model, T5ForConditionalGeneration)
+    assert not any(p.requires_grad for p in lm.model.parameters()) and not lm.model.training
+    # the map's anchors: the encoder's input embeddings, T5's shared table
+    assert lm.model.get_input_embeddings().weight is lm.model.get_encoder().get_input_embeddings().weight
+
+
+def test_examples_put_the_input_in_the_encoder_and_label_only_the_target(tokenizer):
+    fmt = Formatter(tokenizer, "chat", "Q: {input}", seq2seq=True)  # no chat template for an encoder
+    enc = fmt.encode({"input": "Say apple", "target": "apple"})
+    assert enc["input_ids"] == tokenizer("Q: Say apple")["input_ids"]
+    assert enc["labels"] == tokenizer("apple", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    other = fmt.encode({"input": "x", "target": "a much longer target than the input"})
+    batch = PadCollator(tokenizer.pad_token_id)([enc, other])  # each padded to its own longest row
+    assert batch["input_ids"].shape == (2, len(enc["input_ids"])) and batch["labels"].shape == (2, len(other["labels"]))
+    assert (batch["labels"][0, len(enc["labels"]):] == -100).all()
+
+
+@pytest.mark.parametrize("kw", [dict(method="prompt-tuning"), dict(method="prefix-tuning"),
+                                dict(method="p-tuning")], ids=ids)
+def test_a_run_trains_through_the_cli_and_its_adapter_loads_in_plain_peft(home, capsys, t5_dir, toy_data,
+                                                                         tokenizer, kw):
+    cfg = tiny_config(t5_dir, toy_data, max_steps=3, eval_every=3, save_every=3, encoder_hidden_size=8, **kw)
+    assert main(["tune", "--run-id", "t5-run"] + _flags(cfg)) == 0
+    run = Run.open("t5-run")
+    assert run.status()["state"] == "completed" and run.status()["step"] == 3
+    runtime = json.loads((run.path / "runtime.json").read_text())
+    assert SEQ2SEQ_NOTE in runtime["notes"]  # the causal-LM fast paths stepped aside, and the run says so
+    losses = [m["loss"] for m in run.metrics() if m["kind"] == "train"]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert any(m["kind"] == "samples" for m in run.metrics())  # sample generations through the generator
+    peft = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(t5_dir), str(run.adapter_dir))
+    assert peft.peft_config["default"].task_type == "SEQ_2_SEQ_LM"
+    capsys.readouterr()
+    assert main(["generate", "--run", "t5-run", "--input", "Say apple", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out == peft_reference(t5_dir, run.adapter_dir, cfg.input_template, "plain",
+                                                     tokenizer, ["Say apple"], 4)[0] + "\n"
+
+
+@pytest.mark.parametrize("kw", METHODS, ids=ids)
+def test_the_batched_generator_equals_peft_generate(lm, t5_dir, tokenizer, tmp_path, kw):
+    system = System("soft", template="Repeat: {input}", prompt_format="chat",
+                    adapter_dir=save_adapter(t5_dir, tokenizer, tmp_path, **kw))
+    ours = Generator(lm.model, lm.tokenizer, batch_size=3).generate([(system, x) for x in INPUTS],
+                                                                    Decoding(max_new_tokens=8))
+    ref = peft_reference(t5_dir, system.adapter_dir, system.template, "plain", tokenizer, INPUTS, 8)
+    assert ours == ref
+    assert len(set(ours)) > 1  # the inputs reach the outputs
+
+
+def test_mixed_systems_in_one_call_equal_each_alone_and_hard_prompts_equal_generate(lm, t5_dir, tokenizer, tmp_path):
+    a = System("a", adapter_dir=save_adapter(t5_dir, tokenizer, tmp_path / "a", method="prompt-tuning"))
+    b = System("b", adapter_dir=save_adapter(t5_dir, tokenizer, tmp_path / "b", method="prefix-tuning"))
+    hard = System("hard", template="Repeat: {input}")
+    rows = [(s, x) for s in (a, b, hard) for x in INPUTS]
+    mixed = Generator(lm.model, lm.tokenizer, batch_size=12).generate(rows, Decoding(max_new_tokens=6))
+    alone = Generator(lm.model, lm.tokenizer, batch_size=1)
+    assert mixed == [alone.generate([r], Decoding(max_new_tokens=6))[0] for r in rows]
+    assert mixed[8:] == peft_reference(t5_dir, None, hard.template, "plain", tokenizer, INPUTS, 6)
+    sampled = Decoding(max_new_tokens=6, temperature=1.0, top_p=0.9, seed=3)
+    assert alone.generate(rows, sampled) == alone.generate(rows, sampled)
+
+
+@pytest.mark.parametrize("kw", [dict(method="prompt-tuning"), dict(method="prefix-tuning"), None], ids=ids)
+def test_reference_log_likelihood_matches_the_peft_loss(lm, t5_dir, tokenizer, tmp_path, kw):
+    adapter = save_adapter(t5_dir, tokenizer, tmp_path, **kw) if kw else None
+    system = System("s", template="Q: {input}", adapter_dir=adapter)
+    pairs = [("Say apple", "apple"), ("Say a longer river", "the river flows on"), ("x", "y")]
+    ours = Generator(lm.model, lm.tokenizer, batch_size=3).log_likelihood([(system, x, t) for x, t in pairs])
+    base = AutoModelForSeq2SeqLM.from_pretrained(t5_dir)
+    ref = (PeftModel.from_pretrained(base, adapter) if adapter else base).eval()
+    fmt = Formatter(tokenizer, "plain", "Q: {input}", seq2seq=True)
+    for (x, t), value in zip(pairs, ours):
+        enc = fmt.encode({"input": x, "target": t})
+        with torch.no_grad():
+            loss = ref(input_ids=torch.tensor([enc["input_ids"]]), labels=torch.tensor([enc["labels"]])).loss
+        assert value == pytest.approx(-loss.item(), abs=1e-4)
+
+
+def test_the_prompt_is_placed_on_a_vocabulary_map_of_the_encoder_embeddings(lm, t5_dir, tokenizer, tmp_path):
+    from core.explore.vocabmap import load_or_fit
+    from core.model.loading import embedding_matrix
+    adapter = save_adapter(t5_dir, tokenizer, tmp_path / "a", method="prompt-tuning", init="sample-vocab")
+    vectors = input_space_vectors(adapter)  # PEFT saves 2N rows for T5; the encoder's N are the prompt
+    peft = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(t5_dir), adapter)
+    assert vectors.shape == (3, 16) and np.allclose(vectors, prompt_vectors(peft).numpy())
+    anchors = embedding_matrix(lm.model).numpy()[:200]  # a small map: WORKBENCH_MAP_TOKENS=200
+    vmap = load_or_fit(tmp_path / "map", anchors, n_epochs=20, n_neighbors=5)
+    placed = vmap.place(vectors)
+    assert placed.shape == (3, 2) and np.isfinite(placed).all()
+    assert input_space_vectors(save_adapter(t5_dir, tokenizer, tmp_path / "p", method="prefix-tuning")) is None
+
+
+def test_the_tune_page_takes_a_t5_folder_and_hides_the_prompt_format(home, t5_dir, monkeypatch):
+    from core.store import jobs
+    from core.store.runs import new_run
+    monkeypatch.setattr(jobs, "submit", lambda cfg, **kw: new_run(cfg, "t5-page"))  # the run itself: tested above
+    at = open_page("tune")
+    assert at.selectbox(key="cfg_prompt_format")  # a causal LM: chat or plain
+    at.radio(key="model_source").set_value("Local folder").run()
+    at.text_input(key="model_folder").set_value(t5_dir).run()
+    assert not at.exception
+    assert not [s for s in at.selectbox if s.key == "cfg_prompt_format"]
+    assert any("encoder-decoder" in c.value for c in at.caption)
+    at.button(key="start").click().run()
+    assert not at.exception and not at.error
+    cfg = Run.open("t5-page").config()
+    assert cfg.model == t5_dir and cfg.prompt_format.value == "plain"
