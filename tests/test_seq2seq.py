@@ -46,7 +46,7 @@ def lm(t5_dir):
     return load_model(t5_dir)
 
 
-def save_adapter(t5_dir, tokenizer, folder, **kw):
+def build(t5_dir, tokenizer, **kw):
     """A soft prompt built by the workbench's own method code, scaled up so that it changes the outputs."""
     torch.manual_seed(1)
     model = build_peft_model(AutoModelForSeq2SeqLM.from_pretrained(t5_dir), tokenizer,
@@ -54,7 +54,11 @@ def save_adapter(t5_dir, tokenizer, folder, **kw):
     with torch.no_grad():
         for p in model.prompt_encoder.parameters():
             p.mul_(20)
-    model.save_pretrained(folder)
+    return model
+
+
+def save_adapter(t5_dir, tokenizer, folder, **kw):
+    build(t5_dir, tokenizer, **kw).save_pretrained(folder)
     return str(folder)
 
 
@@ -80,7 +84,7 @@ def test_examples_put_the_input_in_the_encoder_and_label_only_the_target(tokeniz
 @pytest.mark.parametrize("kw", [dict(method="prompt-tuning"), dict(method="prefix-tuning"),
                                 dict(method="p-tuning")], ids=ids)
 def test_a_run_trains_through_the_cli_and_its_adapter_loads_in_plain_peft(home, capsys, t5_dir, toy_data,
-                                                                         tokenizer, kw):
+                                                                         tokenizer, tmp_path, kw):
     cfg = tiny_config(t5_dir, toy_data, max_steps=3, eval_every=3, save_every=3, encoder_hidden_size=8, **kw)
     assert main(["tune", "--run-id", "t5-run"] + _flags(cfg)) == 0
     run = Run.open("t5-run")
@@ -96,6 +100,20 @@ def test_a_run_trains_through_the_cli_and_its_adapter_loads_in_plain_peft(home, 
     assert main(["generate", "--run", "t5-run", "--input", "Say apple", "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out == peft_reference(t5_dir, run.adapter_dir, cfg.input_template, "plain",
                                                      tokenizer, ["Say apple"], 4)[0] + "\n"
+    if kw["method"] != "prompt-tuning":
+        return
+    out = tmp_path / "out"  # Compare from the CLI: outputs and the references' log-likelihood per system
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(line + "\n" for line in open(toy_data).read().splitlines()[:3]))
+    assert main(["compare", "--run", "t5-run", "--data-path", str(small), "--shots", "1", "--max-new-tokens", "3",
+                 "--out", str(out)]) == 0
+    assert "3 inputs x 4 systems" in capsys.readouterr().out
+    result = json.loads(next(out.glob("*.json")).read_text())
+    soft = System("soft", cfg.input_template, "plain", str(run.adapter_dir))
+    lm = load_model(t5_dir)
+    expected = Generator(lm.model, lm.tokenizer).log_likelihood([(soft, x["input"], x["target"])
+                                                                 for x in result["inputs"]])
+    assert result["scores"]["soft: t5-run"]["ref_loglik"] == pytest.approx(expected, abs=1e-5)
 
 
 @pytest.mark.parametrize("kw", METHODS, ids=ids)
@@ -138,18 +156,31 @@ def test_reference_log_likelihood_matches_the_peft_loss(lm, t5_dir, tokenizer, t
         assert value == pytest.approx(-loss.item(), abs=1e-4)
 
 
-def test_the_prompt_is_placed_on_a_vocabulary_map_of_the_encoder_embeddings(lm, t5_dir, tokenizer, tmp_path):
+@pytest.mark.parametrize("kw", [dict(method="prompt-tuning", init="sample-vocab"),
+                                dict(method="p-tuning", encoder_type="lstm")], ids=ids)
+def test_the_saved_prompt_is_the_encoders_virtual_tokens(t5_dir, tokenizer, tmp_path, kw):
+    model = build(t5_dir, tokenizer, **kw)
+    model.save_pretrained(tmp_path)
+    vectors = input_space_vectors(tmp_path)  # PEFT saves 2N rows for T5; the encoder's N are the prompt
+    assert vectors.shape == (3, 16) and np.allclose(vectors, prompt_vectors(model).numpy(), atol=1e-5)
+    assert np.allclose(vectors, model.get_prompt(1)[0, :3].detach().numpy(), atol=1e-5)  # what PEFT's forward uses
+    assert input_space_vectors(save_adapter(t5_dir, tokenizer, tmp_path / "p", method="prefix-tuning")) is None
+
+
+def test_the_prompt_is_placed_on_a_small_map_of_the_encoder_embeddings(home, t5_dir, tokenizer, tmp_path, monkeypatch):
+    from core.explore.prompts import map_cache_dir, map_settings
     from core.explore.vocabmap import load_or_fit
     from core.model.loading import embedding_matrix
-    adapter = save_adapter(t5_dir, tokenizer, tmp_path / "a", method="prompt-tuning", init="sample-vocab")
-    vectors = input_space_vectors(adapter)  # PEFT saves 2N rows for T5; the encoder's N are the prompt
-    peft = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(t5_dir), adapter)
-    assert vectors.shape == (3, 16) and np.allclose(vectors, prompt_vectors(peft).numpy())
-    anchors = embedding_matrix(lm.model).numpy()[:200]  # a small map: WORKBENCH_MAP_TOKENS=200
-    vmap = load_or_fit(tmp_path / "map", anchors, n_epochs=20, n_neighbors=5)
-    placed = vmap.place(vectors)
+    monkeypatch.setenv("WORKBENCH_MAP_TOKENS", "200")  # a small, quick map, as the Explore page builds it
+    monkeypatch.setenv("WORKBENCH_MAP_EPOCHS", "20")
+    monkeypatch.setenv("WORKBENCH_MODEL_CACHE", str(tmp_path / "models"))
+    limit, params = map_settings()
+    anchors = embedding_matrix(load_model(t5_dir).model).numpy()[:limit]  # T5's shared table, the encoder's input
+    vmap = load_or_fit(map_cache_dir(t5_dir, limit), anchors, **params, n_neighbors=5)
+    placed = vmap.place(input_space_vectors(save_adapter(t5_dir, tokenizer, tmp_path / "a", method="prompt-tuning",
+                                                         init="sample-vocab")))
     assert placed.shape == (3, 2) and np.isfinite(placed).all()
-    assert input_space_vectors(save_adapter(t5_dir, tokenizer, tmp_path / "p", method="prefix-tuning")) is None
+    assert (map_cache_dir(t5_dir, limit)).is_dir()  # cached for the next look
 
 
 def test_the_tune_page_takes_a_t5_folder_and_hides_the_prompt_format(home, t5_dir, monkeypatch):

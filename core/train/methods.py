@@ -96,6 +96,6 @@ def prompt_vectors(model: PeftModel) -> torch.Tensor | None:
     if cfg.peft_type.value == "PREFIX_TUNING":
         return None
     encoder = model.prompt_encoder[model.active_adapter]
-    idx = torch.arange(cfg.num_virtual_tokens)
+    idx = torch.arange(cfg.num_virtual_tokens * (cfg.num_transformer_submodules or 1))  # an LSTM reads them all
     with torch.no_grad():
-        return encoder(idx).detach().float()  # (N, D)
+        return encoder(idx).detach().float()[: cfg.num_virtual_tokens]  # (N, D): the encoder's for a T5
