@@ -12,7 +12,8 @@ from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGenera
 from core.config import TuneConfig
 from core.generate.formatting import Formatter, PadCollator
 from core.generate.generator import Decoding, Generator, System
-from core.model.adapters import input_space_vectors
+from core.errors import WorkbenchError
+from core.model.adapters import check_adapter_fits, input_space_vectors
 from core.model.loading import load_model, model_is_seq2seq
 from core.store.runs import Run
 from core.train.methods import build_peft_model, prompt_vectors
@@ -28,17 +29,20 @@ METHODS = [dict(method="prompt-tuning", init="random"), dict(method="prompt-tuni
 ids = lambda kw: "-".join(str(v) for v in kw.values()) if kw else "bare"  # noqa: E731
 
 
-@pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory, tokenizer):
+def make_t5(folder, tokenizer, d_kv=8):
     """A 2-layer T5 with 16-dim states over the bundled vocabulary; decoding starts at the pad token, as in T5."""
     torch.manual_seed(0)
-    cfg = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
+    cfg = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=d_kv, d_ff=32, num_layers=2, num_heads=2,
                    decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
                    eos_token_id=tokenizer.eos_token_id)
-    out = tmp_path_factory.mktemp("tiny-t5")
-    T5ForConditionalGeneration(cfg).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    T5ForConditionalGeneration(cfg).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def t5_dir(tmp_path_factory, tokenizer):
+    return make_t5(tmp_path_factory.mktemp("tiny-t5"), tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +129,17 @@ def test_the_batched_generator_equals_peft_generate(lm, t5_dir, tokenizer, tmp_p
     ref = peft_reference(t5_dir, system.adapter_dir, system.template, "plain", tokenizer, INPUTS, 8)
     assert ours == ref
     assert len(set(ours)) > 1  # the inputs reach the outputs
+
+
+def test_prefix_tuning_takes_the_key_value_width_where_it_is_not_the_hidden_size(t5_dir, tokenizer, tmp_path):
+    narrow = make_t5(tmp_path / "t5", tokenizer, d_kv=4)  # 2 heads x 4 = 8 beside 16, as FLAN-T5-small's 384 / 512
+    system = System("soft", adapter_dir=save_adapter(narrow, tokenizer, tmp_path / "a", method="prefix-tuning"))
+    lm = load_model(narrow)
+    ours = Generator(lm.model, lm.tokenizer, batch_size=4).generate([(system, x) for x in INPUTS],
+                                                                    Decoding(max_new_tokens=6))
+    assert ours == peft_reference(narrow, system.adapter_dir, "{input}", "plain", tokenizer, INPUTS, 6)
+    with pytest.raises(WorkbenchError, match="key/value width 8 where the model has 16"):
+        check_adapter_fits(system.adapter_dir, load_model(t5_dir).model.config, t5_dir)
 
 
 def test_mixed_systems_in_one_call_equal_each_alone_and_hard_prompts_equal_generate(lm, t5_dir, tokenizer, tmp_path):

@@ -46,6 +46,13 @@ def adapter_prompt(adapter_dir: str | Path) -> tuple[str, np.ndarray]:
     return conf.get("peft_type", ""), prompt
 
 
+def prefix_width(model_config) -> int | None:
+    """One layer's key/value width where a T5-style config gives it (heads x d_kv): FLAN-T5-small's is
+    6 x 64 = 384 beside a hidden size of 512, which PEFT would take by default. None elsewhere."""
+    heads, d_kv = getattr(model_config, "num_heads", None), getattr(model_config, "d_kv", None)
+    return heads * d_kv if isinstance(heads, int) and isinstance(d_kv, int) else None
+
+
 def check_adapter_fits(adapter_dir: str | Path, model_config, model_name: str) -> None:
     """Raise a WorkbenchError naming the mismatch when an adapter's shapes do not fit a base model.
 
@@ -60,9 +67,10 @@ def check_adapter_fits(adapter_dir: str | Path, model_config, model_name: str) -
     peft_type = conf.get("peft_type")
     if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING or "num_virtual_tokens" not in conf:
         raise WorkbenchError(f"{adapter_dir} holds no soft-prompt adapter_config.json: re-train or re-import it.")
+    width = {"token_dim": prefix_width(model_config)} if peft_type == "PREFIX_TUNING" and prefix_width(model_config) else {}
     expected = _prepare_prompt_learning_config(
-        PEFT_TYPE_TO_CONFIG_MAPPING[peft_type](task_type="CAUSAL_LM", num_virtual_tokens=conf["num_virtual_tokens"]),
-        model_config)
+        PEFT_TYPE_TO_CONFIG_MAPPING[peft_type](task_type="CAUSAL_LM", num_virtual_tokens=conf["num_virtual_tokens"],
+                                               **width), model_config)
     checked = {"token_dim": "key/value width", "num_layers": "layers", "num_attention_heads": "key/value heads"} \
         if peft_type == "PREFIX_TUNING" else {"token_dim": "hidden size"}
     wrong = [f"{label} {conf.get(k)} where the model has {getattr(expected, k)}"
