@@ -198,18 +198,30 @@ def test_the_prompt_is_placed_on_a_small_map_of_the_encoder_embeddings(home, t5_
     assert (map_cache_dir(t5_dir, limit)).is_dir()  # cached for the next look
 
 
-def test_the_tune_page_takes_a_t5_folder_and_hides_the_prompt_format(home, t5_dir, monkeypatch):
+def shown(widgets, key: str) -> bool:
+    try:
+        return widgets(key=key) is not None
+    except KeyError:
+        return False
+
+
+def test_the_tune_and_compare_pages_take_a_t5_folder_without_the_chat_format(home, t5_dir, monkeypatch):
     from core.store import jobs
     from core.store.runs import new_run
     monkeypatch.setattr(jobs, "submit", lambda cfg, **kw: new_run(cfg, "t5-page"))  # the run itself: tested above
     at = open_page("tune")
-    assert at.selectbox(key="cfg_prompt_format")  # a causal LM: chat or plain
+    assert shown(at.selectbox, "cfg_prompt_format")  # a causal LM: chat or plain
     at.radio(key="model_source").set_value("Local folder").run()
     at.text_input(key="model_folder").set_value(t5_dir).run()
     assert not at.exception
-    assert not [s for s in at.selectbox if s.key == "cfg_prompt_format"]
+    assert not shown(at.selectbox, "cfg_prompt_format")
     assert any("encoder-decoder" in c.value for c in at.caption)
     at.button(key="start").click().run()
     assert not at.exception and not at.error
     cfg = Run.open("t5-page").config()
     assert cfg.model == t5_dir and cfg.prompt_format.value == "plain"
+    compare = open_page("compare")  # the run's model is offered there; its hard prompts have no chat format either
+    compare.selectbox(key="cmp_model").set_value("smollm2-135m-instruct").run()
+    assert shown(compare.radio, "cmp_format")
+    compare.selectbox(key="cmp_model").set_value(t5_dir).run()
+    assert not compare.exception and not shown(compare.radio, "cmp_format")
