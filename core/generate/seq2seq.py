@@ -114,8 +114,9 @@ def log_likelihood(gen: Generator, rows: list[tuple[System, str, str]]) -> list[
         dec[:, 0] = _start(gen)
         for r, t in enumerate(targets):  # each target token is predicted from the one before it
             dec[r, 1:len(t)] = torch.tensor(t[:-1], dtype=torch.long)
-        logp = gen.model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=dec, use_cache=True,
-                         past_key_values=decoder_cache(gen, system, len(idx))).logits.float().log_softmax(-1)  # (B, T, V)
+        logits = gen.model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=dec, use_cache=True,
+                           past_key_values=decoder_cache(gen, system, len(idx))).logits  # (B, T, V)
+        logp = logits.float().log_softmax(-1)
         for r, (i, t) in enumerate(zip(idx, targets)):
             out[i] = float(logp[r, :len(t)].gather(-1, torch.tensor(t)[:, None]).mean())
     return out

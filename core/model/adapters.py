@@ -67,10 +67,10 @@ def check_adapter_fits(adapter_dir: str | Path, model_config, model_name: str) -
     peft_type = conf.get("peft_type")
     if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING or "num_virtual_tokens" not in conf:
         raise WorkbenchError(f"{adapter_dir} holds no soft-prompt adapter_config.json: re-train or re-import it.")
-    width = {"token_dim": prefix_width(model_config)} if peft_type == "PREFIX_TUNING" and prefix_width(model_config) else {}
+    width = prefix_width(model_config) if peft_type == "PREFIX_TUNING" else None
     expected = _prepare_prompt_learning_config(
         PEFT_TYPE_TO_CONFIG_MAPPING[peft_type](task_type="CAUSAL_LM", num_virtual_tokens=conf["num_virtual_tokens"],
-                                               **width), model_config)
+                                               **({"token_dim": width} if width else {})), model_config)
     checked = {"token_dim": "key/value width", "num_layers": "layers", "num_attention_heads": "key/value heads"} \
         if peft_type == "PREFIX_TUNING" else {"token_dim": "hidden size"}
     wrong = [f"{label} {conf.get(k)} where the model has {getattr(expected, k)}"

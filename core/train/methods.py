@@ -26,8 +26,7 @@ from core.model.loading import is_seq2seq
 
 
 def peft_config(cfg: TuneConfig, tokenizer_path: str, model_config=None):
-    seq2seq = is_seq2seq(model_config) if model_config is not None else False
-    common = dict(task_type=TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM,
+    common = dict(task_type=TaskType.SEQ_2_SEQ_LM if is_seq2seq(model_config) else TaskType.CAUSAL_LM,
                   num_virtual_tokens=cfg.num_virtual_tokens)
     if cfg.method == Method.PROMPT_TUNING:
         if cfg.init == Init.TEXT:
@@ -37,7 +36,7 @@ def peft_config(cfg: TuneConfig, tokenizer_path: str, model_config=None):
     if cfg.method == Method.P_TUNING:
         return PromptEncoderConfig(**common, encoder_reparameterization_type=cfg.encoder_type.value.upper(),
                                    encoder_hidden_size=cfg.encoder_hidden_size)
-    width = prefix_width(model_config) if model_config is not None else None  # T5: heads x d_kv
+    width = prefix_width(model_config)  # T5: heads x d_kv
     return PrefixTuningConfig(**common, prefix_projection=cfg.prefix_projection,
                               encoder_hidden_size=cfg.encoder_hidden_size, **({"token_dim": width} if width else {}))
 
