@@ -149,8 +149,8 @@ def load_model(spec: str = DEFAULT_MODEL, trust_remote_code: bool = False) -> Lo
         model = auto.from_pretrained(where, dtype=torch.float32, use_safetensors=True, **kwargs)
     except ValueError as e:
         raise WorkbenchError(
-            f"Model {spec!r} ({type(config).__name__}) is neither a causal language model nor an encoder-decoder "
-            f"model the workbench can tune: {str(e).splitlines()[0]}"
+            f"Model {spec!r} ({type(config).__name__}) is not a causal language model or an encoder-decoder "
+            f"(T5-style) model the workbench can tune: {str(e).splitlines()[0]}"
         ) from e
     except (OSError, SafetensorError) as e:
         raise WorkbenchError(
