@@ -5,7 +5,7 @@ from core.evaluate.compare import CompareSpec, hard_systems, run_comparison, sof
 from core.evaluate.robustness import run_robustness
 from core.generate.variants import TRANSFORMS
 from core.generate.generator import Decoding
-from core.model.loading import DEFAULT_MODEL
+from core.model.loading import DEFAULT_MODEL, model_is_seq2seq
 from core.errors import WorkbenchError
 from core.store.runs import FINISHED, list_runs, newest_finished
 from core.tasks import BUILTIN, guess_columns, load_records, load_task, peek, save_upload
@@ -67,7 +67,8 @@ with st.sidebar:
                            help="Each output ends at its first line break after some text, for every system alike. "
                                 "On by default when no reference spans several lines (all built-in tasks): "
                                 "few-shot prompts otherwise run on into the next made-up example.")
-    prompt_format = st.radio("Hard prompt format", ["chat", "plain"], horizontal=True, key="cmp_format")
+    prompt_format = "plain" if model_is_seq2seq(model) else st.radio(  # an encoder-decoder model has no chat
+        "Hard prompt format", ["chat", "plain"], horizontal=True, key="cmp_format")
 
 runs = {r["id"]: r for r in all_runs if r["model"] == model and r["state"] in FINISHED}
 if "cmp_runs" not in st.session_state:

@@ -8,7 +8,7 @@ import streamlit as st
 from core.train import sweep as sweeps
 from workbench.charts import sweep_figure
 from core.config import ConfigError, with_task_defaults
-from core.model.loading import DEFAULT_MODEL
+from core.model.loading import DEFAULT_MODEL, model_is_seq2seq
 from core.errors import WorkbenchError
 from core.tasks import BUILTIN
 from workbench.config_form import FIELDS, apply_defaults, field_widget
@@ -52,7 +52,7 @@ values["task"] = right.selectbox("Task", list(BUILTIN), key="sweep_task",
 field_widget = partial(field_widget, task=values["task"], form=FORM)  # noqa: F811 (fields start at the task's defaults)
 c1, c2, c3 = st.columns(3)
 values["method"] = field_widget("method", c1)
-values["prompt_format"] = field_widget("prompt_format", c2)
+values["prompt_format"] = "plain" if model_is_seq2seq(values["model"]) else field_widget("prompt_format", c2)
 values["max_steps"] = field_widget("max_steps", c3, "Steps per trial")
 values["batch_size"] = field_widget("batch_size", c1)
 values["eval_every"] = field_widget("eval_every", c2, "Evaluate every N steps")

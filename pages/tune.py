@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core.store import jobs
-from core.model.loading import DEFAULT_MODEL, resolve_model_dir
+from core.model.loading import DEFAULT_MODEL, model_is_seq2seq, resolve_model_dir
 from core.errors import WorkbenchError
 from core.tasks import BUILTIN, guess_columns, peek, save_upload
 
@@ -23,6 +23,10 @@ source = left.radio("Model", ["Bundled", "Local folder"], horizontal=True, key="
                     help=FIELDS["model"].metadata["help"])
 values["model"] = DEFAULT_MODEL if source == "Bundled" else left.text_input(
     "Model folder", key="model_folder", placeholder="/path/to/hf-model-folder") or ""
+seq2seq = source == "Local folder" and model_is_seq2seq(values["model"])
+if seq2seq:
+    left.caption("An encoder-decoder model (T5 family): the input goes to its encoder with the soft prompt in "
+                 "front (prefix tuning: in the decoder), the target is decoded; plain text, no chat template.")
 for name, where in (("model", left), ("task", right)):  # fields without a generated widget
     if err := st.session_state.get(ERRORS_KEY, {}).get(name):
         where.error(f"{name.capitalize()}: {err}", icon=":material/error:")
@@ -75,7 +79,7 @@ st.subheader("Method")
 c1, c2, c3 = st.columns(3)
 values["method"] = field_widget("method", c1)
 values["num_virtual_tokens"] = field_widget("num_virtual_tokens", c2, "Virtual tokens")
-values["prompt_format"] = field_widget("prompt_format", c3)
+values["prompt_format"] = "plain" if seq2seq else field_widget("prompt_format", c3)  # chat: causal LMs only
 if values["method"] == "prompt-tuning":
     values["init"] = field_widget("init", c1)
     if values["init"] == "text":

@@ -81,19 +81,21 @@ def open_page(name: str, timeout: int = 60):
 
 def peft_reference(model_dir, adapter, template: str, prompt_format: str, tokenizer, inputs: list[str], n: int = 8,
                    max_input_tokens: int = 2048) -> list[str]:
-    """The reference every generation path is held to: plain PEFT `generate`, greedy, one input at a time."""
+    """The reference every generation path is held to: plain PEFT `generate`, greedy, one input at a time.
+    An encoder-decoder model (T5) reads the input in its encoder and answers after its decoder start token."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
     from core.generate.formatting import Formatter
-    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    seq2seq = AutoConfig.from_pretrained(model_dir).is_encoder_decoder
+    base = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_pretrained(model_dir)
     model = (PeftModel.from_pretrained(base, str(adapter)) if adapter else base).eval()
-    fmt = Formatter(tokenizer, prompt_format, template, max_input_tokens)
+    fmt = Formatter(tokenizer, prompt_format, template, max_input_tokens, seq2seq=seq2seq)
     outs = []
     for x in inputs:
         ids = torch.tensor([fmt.prompt_ids(x)])
         o = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
                            pad_token_id=tokenizer.pad_token_id)
-        outs.append(fmt.clean_output(tokenizer.decode(o[0, ids.shape[1]:])))
+        outs.append(fmt.clean_output(tokenizer.decode(o[0, 1:] if seq2seq else o[0, ids.shape[1]:])))
     return outs
 
 

@@ -12,9 +12,11 @@ explicitly, so every row sees exactly the positions it would see alone.
 Soft prompts are read straight from the adapter file (`prompt_embeddings`, see
 core/model/adapters.py): input-space vectors for prompt tuning / P-tuning, per-layer keys and
 values for prefix tuning, laid out as PEFT's `get_prompt` lays them out.
+Encoder-decoder models (T5) take the same calls; core/generate/seq2seq.py serves them.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -26,6 +28,7 @@ from core.generate.batching import ActiveRows
 from core.generate.formatting import Formatter
 from core.store.paths import read_json
 from core.model.adapters import adapter_prompt, check_adapter_fits
+from core.model.loading import is_seq2seq
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (B, H, L, d)
 
@@ -55,7 +58,7 @@ class _Prefix:
 
 @dataclass
 class Generator:
-    model: torch.nn.Module  # frozen base causal LM
+    model: torch.nn.Module  # frozen base causal LM or encoder-decoder model
     tokenizer: object
     max_input_tokens: int = 2048  # whole few-shot prompts; longer ones lose their middle (see Formatter)
     batch_size: int = 32  # a decode step reads every weight once: 32 rows cost ~2x of 8, not 4x
@@ -63,8 +66,13 @@ class Generator:
     _prefix: dict = field(default_factory=dict)
     _token_kinds: tuple | None = None
 
+    @property
+    def seq2seq(self) -> bool:
+        return is_seq2seq(self.model)
+
     def formatter(self, system: System) -> Formatter:
-        return Formatter(self.tokenizer, system.prompt_format, system.template, self.max_input_tokens)
+        return Formatter(self.tokenizer, system.prompt_format, system.template, self.max_input_tokens,
+                         seq2seq=self.seq2seq)
 
     # ---- prefixes -------------------------------------------------------------------------
     def _soft_prompt(self, adapter_dir: str):
@@ -79,9 +87,10 @@ class Generator:
             if peft_type == "PREFIX_TUNING":
                 conf = read_json(f"{adapter_dir}/adapter_config.json")
                 n, layers, heads = t.shape[0], conf["num_layers"], conf["num_attention_heads"]
+                sub = conf.get("num_transformer_submodules") or 1  # 2 for encoder-decoder models
                 kv = t.view(1, n, layers * 2, heads, conf["token_dim"] // heads)  # as PEFT's get_prompt
-                kv = kv.permute(2, 0, 3, 1, 4).split(2)  # layers x (2, 1, H, N, d)
-                self._soft[adapter_dir] = (stamp, ("kv", [(x[0], x[1]) for x in kv]))
+                kv = torch.cat([kv] * sub, dim=2).permute(2, 0, 3, 1, 4).split(2 * sub)  # layers x (2*sub, 1, H, N, d)
+                self._soft[adapter_dir] = (stamp, ("kv", [(x[0], x[1]) for x in kv]))  # (decoder) self-attention
             else:
                 self._soft[adapter_dir] = (stamp, ("embeds", t[None]))  # (1, N, D)
         return self._soft[adapter_dir][1]
@@ -117,8 +126,11 @@ class Generator:
         """One output text per (system, input) row, in order."""
         encoded = [(s, self.formatter(s).prompt_ids(x)) for s, x in rows]
         order = sorted(range(len(rows)), key=lambda i: (rows[i][0].name, len(encoded[i][1])))
-        tokens = self._generate_batch([encoded[i] for i in order], decoding,
-                                      torch.Generator().manual_seed(decoding.seed), progress)
+        run = self._generate_batch
+        if self.seq2seq:
+            from core.generate import seq2seq
+            run = functools.partial(seq2seq.generate, self)
+        tokens = run([encoded[i] for i in order], decoding, torch.Generator().manual_seed(decoding.seed), progress)
         outs: list[str] = [""] * len(rows)
         for i, toks in zip(order, tokens):
             text = self.formatter(rows[i][0]).clean_output(self.tokenizer.decode(toks))
@@ -204,6 +216,9 @@ class Generator:
     @torch.no_grad()
     def log_likelihood(self, rows: list[tuple[System, str, str]]) -> list[float]:
         """Mean log-probability per token of each reference (target + end marker) under each system."""
+        if self.seq2seq:
+            from core.generate import seq2seq
+            return seq2seq.log_likelihood(self, rows)
         out = [0.0] * len(rows)
         order = sorted(range(len(rows)), key=lambda i: rows[i][0].name)
         for b in range(0, len(order), self.batch_size):

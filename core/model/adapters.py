@@ -4,7 +4,9 @@ base model, import one trained elsewhere as a run, pack one as a zip.
 PEFT saves every soft-prompt adapter as `prompt_embeddings` (N, width) in
 adapter_model.safetensors: for prompt tuning the embedding table, for P-tuning the encoder's
 output (input-space vectors either way), for prefix tuning the per-layer keys/values (width =
-2 x layers x key/value size), which are not input embeddings.
+2 x layers x key/value size), which are not input embeddings. For an encoder-decoder model
+(T5) PEFT saves 2N input-space rows, of which the first N go in front of the encoder's input;
+only those are read.
 """
 from __future__ import annotations
 
@@ -38,7 +40,17 @@ def adapter_prompt(adapter_dir: str | Path) -> tuple[str, np.ndarray]:
         raise WorkbenchError(f"{weights} is not a readable safetensors file ({e}); re-train or re-import it.") from e
     if "prompt_embeddings" not in tensors:
         raise WorkbenchError(f"{weights} has no prompt_embeddings: it is not a soft-prompt adapter.")
-    return conf.get("peft_type", ""), tensors["prompt_embeddings"].astype(np.float32)
+    prompt = tensors["prompt_embeddings"].astype(np.float32)
+    if conf.get("peft_type") in INPUT_SPACE and conf.get("num_virtual_tokens"):
+        prompt = prompt[: conf["num_virtual_tokens"]]  # encoder-decoder: PEFT keeps N more, unused, rows
+    return conf.get("peft_type", ""), prompt
+
+
+def prefix_width(model_config) -> int | None:
+    """One layer's key/value width where a T5-style config gives it (heads x d_kv): FLAN-T5-small's is
+    6 x 64 = 384 beside a hidden size of 512, which PEFT would take by default. None elsewhere."""
+    heads, d_kv = getattr(model_config, "num_heads", None), getattr(model_config, "d_kv", None)
+    return heads * d_kv if isinstance(heads, int) and isinstance(d_kv, int) else None
 
 
 def check_adapter_fits(adapter_dir: str | Path, model_config, model_name: str) -> None:
@@ -55,9 +67,10 @@ def check_adapter_fits(adapter_dir: str | Path, model_config, model_name: str) -
     peft_type = conf.get("peft_type")
     if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING or "num_virtual_tokens" not in conf:
         raise WorkbenchError(f"{adapter_dir} holds no soft-prompt adapter_config.json: re-train or re-import it.")
+    width = prefix_width(model_config) if peft_type == "PREFIX_TUNING" else None
     expected = _prepare_prompt_learning_config(
-        PEFT_TYPE_TO_CONFIG_MAPPING[peft_type](task_type="CAUSAL_LM", num_virtual_tokens=conf["num_virtual_tokens"]),
-        model_config)
+        PEFT_TYPE_TO_CONFIG_MAPPING[peft_type](task_type="CAUSAL_LM", num_virtual_tokens=conf["num_virtual_tokens"],
+                                               **({"token_dim": width} if width else {})), model_config)
     checked = {"token_dim": "key/value width", "num_layers": "layers", "num_attention_heads": "key/value heads"} \
         if peft_type == "PREFIX_TUNING" else {"token_dim": "hidden size"}
     wrong = [f"{label} {conf.get(k)} where the model has {getattr(expected, k)}"

@@ -8,6 +8,7 @@ later loads read the safetensors.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import socket
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoadedModel:
-    model: torch.nn.Module  # frozen causal LM, eval mode
+    model: torch.nn.Module  # frozen causal LM or encoder-decoder (T5 family), eval mode
     tokenizer: object
     spec: str
     path: str  # local folder the weights were read from (safetensors)
@@ -134,20 +135,22 @@ def _read_config(spec: str, where: str, kwargs: dict):
 
 
 def load_model(spec: str = DEFAULT_MODEL, trust_remote_code: bool = False) -> LoadedModel:
-    """Load a frozen causal LM and its tokenizer; every failure is a WorkbenchError."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load a frozen causal LM, or an encoder-decoder model (T5, FLAN-T5: `is_encoder_decoder` in
+    its config), and its tokenizer; every failure is a WorkbenchError."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     # Denormal floats make CPU matmuls 10-100x slower; prefix tuning produces them within a few
     # steps (one 8-step run: 107 s with them, 6.7 s flushed). Flushing them changes nothing visible.
     torch.set_flush_denormal(True)
     where, kwargs = resolve_model_dir(spec, trust_remote_code)
     config = _read_config(spec, where, kwargs)
+    auto = AutoModelForSeq2SeqLM if is_seq2seq(config) else AutoModelForCausalLM
     try:
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, use_safetensors=True, **kwargs)
+        model = auto.from_pretrained(where, dtype=torch.float32, use_safetensors=True, **kwargs)
     except ValueError as e:
         raise WorkbenchError(
-            f"Model {spec!r} ({type(config).__name__}) is not a causal language model the workbench "
-            f"can tune: {str(e).splitlines()[0]}"
+            f"Model {spec!r} ({type(config).__name__}) is not a causal language model or an encoder-decoder "
+            f"(T5-style) model the workbench can tune: {str(e).splitlines()[0]}"
         ) from e
     except (OSError, SafetensorError) as e:
         raise WorkbenchError(
@@ -162,6 +165,29 @@ def load_model(spec: str = DEFAULT_MODEL, trust_remote_code: bool = False) -> Lo
     prepare_tokenizer(tokenizer)
     freeze(model)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, path=where)
+
+
+def is_seq2seq(config) -> bool:
+    """An encoder-decoder model (T5, FLAN-T5, BART): the input goes to the encoder, the target is
+    decoded. `config` is a model config or a model."""
+    return bool(getattr(getattr(config, "config", config), "is_encoder_decoder", False))
+
+
+def model_is_seq2seq(spec: str) -> bool:
+    """Whether a model spec names an encoder-decoder model (a folder's config.json is read as it is,
+    without loading transformers); False when its config cannot be read (the run then names why)."""
+    if not spec or spec in BUNDLED:
+        return False
+    config = Path(spec).expanduser() / "config.json"
+    if config.is_file():
+        try:
+            return bool(json.loads(config.read_text()).get("is_encoder_decoder"))
+        except (OSError, ValueError, AttributeError):
+            return False
+    try:
+        return is_seq2seq(model_config(spec))
+    except WorkbenchError:
+        return False
 
 
 def prepare_tokenizer(tokenizer) -> None:

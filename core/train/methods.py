@@ -8,6 +8,11 @@ embedding after `get_peft_model`:
   tokenizer's training corpus. Special tokens are excluded.
 - class-label: the first virtual tokens are the mean embedding of each label word's tokens;
   the rest are sampled as in sample-vocab.
+
+Encoder-decoder models (T5, FLAN-T5) take PEFT's SEQ_2_SEQ_LM task: prompt tuning and P-tuning
+put the virtual tokens in front of the encoder's input (PEFT keeps a second, unused set of N
+rows for the decoder), prefix tuning gives the decoder's self-attention N keys/values per layer
+(of the layer's own key/value width, heads x d_kv, which in FLAN-T5-small is not the hidden size).
 """
 from __future__ import annotations
 
@@ -16,10 +21,13 @@ from peft import (PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuni
                   PromptTuningInit, TaskType, get_peft_model)
 
 from core.config import Init, Method, TuneConfig
+from core.model.adapters import prefix_width
+from core.model.loading import is_seq2seq
 
 
-def peft_config(cfg: TuneConfig, tokenizer_path: str):
-    common = dict(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens)
+def peft_config(cfg: TuneConfig, tokenizer_path: str, model_config=None):
+    common = dict(task_type=TaskType.SEQ_2_SEQ_LM if is_seq2seq(model_config) else TaskType.CAUSAL_LM,
+                  num_virtual_tokens=cfg.num_virtual_tokens)
     if cfg.method == Method.PROMPT_TUNING:
         if cfg.init == Init.TEXT:
             return PromptTuningConfig(**common, prompt_tuning_init=PromptTuningInit.TEXT,
@@ -28,8 +36,9 @@ def peft_config(cfg: TuneConfig, tokenizer_path: str):
     if cfg.method == Method.P_TUNING:
         return PromptEncoderConfig(**common, encoder_reparameterization_type=cfg.encoder_type.value.upper(),
                                    encoder_hidden_size=cfg.encoder_hidden_size)
+    width = prefix_width(model_config)  # T5: heads x d_kv
     return PrefixTuningConfig(**common, prefix_projection=cfg.prefix_projection,
-                              encoder_hidden_size=cfg.encoder_hidden_size)
+                              encoder_hidden_size=cfg.encoder_hidden_size, **({"token_dim": width} if width else {}))
 
 
 def frequent_token_ids(tokenizer, top_k: int) -> torch.Tensor:
@@ -65,11 +74,11 @@ def initial_prompt(cfg: TuneConfig, tokenizer, embeddings: torch.Tensor) -> torc
 def build_peft_model(base, tokenizer, cfg: TuneConfig, tokenizer_path: str) -> PeftModel:
     """Wrap the frozen base model; only the prompt parameters are trainable."""
     torch.manual_seed(cfg.seed)
-    model = get_peft_model(base, peft_config(cfg, tokenizer_path))
+    model = get_peft_model(base, peft_config(cfg, tokenizer_path, base.config))
     start = initial_prompt(cfg, tokenizer, base.get_input_embeddings().weight.detach())
-    if start is not None:
+    if start is not None:  # (N, D) into the encoder's rows (the first N; all of them for a causal LM)
         with torch.no_grad():
-            model.prompt_encoder[model.active_adapter].embedding.weight.copy_(start)
+            model.prompt_encoder[model.active_adapter].embedding.weight[: len(start)].copy_(start)
     assert_frozen(model)
     return model
 
@@ -90,6 +99,6 @@ def prompt_vectors(model: PeftModel) -> torch.Tensor | None:
     if cfg.peft_type.value == "PREFIX_TUNING":
         return None
     encoder = model.prompt_encoder[model.active_adapter]
-    idx = torch.arange(cfg.num_virtual_tokens)
+    idx = torch.arange(cfg.num_virtual_tokens * (cfg.num_transformer_submodules or 1))  # an LSTM reads them all
     with torch.no_grad():
-        return encoder(idx).detach().float()  # (N, D)
+        return encoder(idx).detach().float()[: cfg.num_virtual_tokens]  # (N, D): the encoder's for a T5

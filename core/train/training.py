@@ -26,9 +26,9 @@ from core.generate.formatting import EncodedDataset, Formatter, PadCollator
 from core.generate.generator import Decoding, Generator, System
 from core.generate.variants import augment
 from core.train.methods import build_peft_model
-from core.model.loading import load_model
+from core.model.loading import is_seq2seq, load_model
 from core.errors import WorkbenchError
-from core.store.paths import write_json_atomic
+from core.store.paths import read_json, write_json_atomic
 from core.store.runs import Run, RunState
 from core.tasks import load_task
 
@@ -117,13 +117,18 @@ class RunCallback(TrainerCallback):
 
 
 class PromptTrainer(Trainer):
-    """Trainer whose loss runs the LM head only on labelled positions (core/train/fastloss.py)."""
+    """Trainer whose loss runs the LM head only on labelled positions (core/train/fastloss.py).
+    An encoder-decoder model takes PEFT's own forward: the loss on the decoded targets."""
 
-    loss_is_scaled_for_ga = False  # labelled_loss is a per-batch mean: Trainer divides for accumulation
+    loss_is_scaled_for_ga = False  # both losses are per-batch means: Trainer divides for accumulation
+    seq2seq = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         with self.accelerator.autocast():  # bf16 precision: labelled_loss calls past the wrapped forward
-            loss = labelled_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+            if self.seq2seq:
+                loss = model(**inputs).loss
+            else:
+                loss = labelled_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
         return (loss, {"loss": loss}) if return_outputs else loss
 
 
@@ -156,6 +161,19 @@ def sanity_check(model, collator, dataset) -> float:
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+SEQ2SEQ_NOTE = ("encoder-decoder model: the loss comes from PEFT's own forward; the fast loss, the fused kernels "
+                "and the written-out decoder stack are for causal LMs and step aside")
+
+
+def note_runtime(run: Run, note: str) -> None:
+    """A line in the run's log and in runtime.json's `notes`: what did not apply to this run, and why."""
+    print(note, flush=True)
+    if is_main_process():
+        runtime = read_json(run.path / "runtime.json") or {}
+        runtime["notes"] = [*runtime.get("notes", []), note]
+        write_json_atomic(run.path / "runtime.json", runtime)
 
 
 def train(run: Run, resume: bool = False, progress: Callable | None = None, extra_callbacks: tuple = ()) -> dict:
@@ -225,8 +243,11 @@ def setup(run: Run, cfg: TuneConfig, progress: Callable | None, stop: dict | Non
         raise WorkbenchError(f"num_virtual_tokens + max_input_tokens + max_target_tokens + 1 = {need} tokens do not "
                              f"fit the model's context of {context}: lower max_input_tokens or max_target_tokens "
                              "(longer inputs and targets are truncated to them).")
+    seq2seq = is_seq2seq(lm.model)
+    if seq2seq:
+        note_runtime(run, SEQ2SEQ_NOTE)
     fmt = Formatter(lm.tokenizer, cfg.prompt_format.value, cfg.input_template, cfg.max_input_tokens,
-                    cfg.max_target_tokens)
+                    cfg.max_target_tokens, seq2seq=seq2seq)
     model = build_peft_model(lm.model, lm.tokenizer, cfg, lm.path)
     train_ds = EncodedDataset(train_rows, fmt)
     eval_ds = EncodedDataset(task.validation[: cfg.eval_examples], fmt)
@@ -239,5 +260,6 @@ def setup(run: Run, cfg: TuneConfig, progress: Callable | None, stop: dict | Non
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience))
     trainer = PromptTrainer(model=model, args=training_args(cfg, run), train_dataset=train_ds,
                       eval_dataset=eval_ds if len(eval_ds) else None, data_collator=collator, callbacks=callbacks)
+    trainer.seq2seq = seq2seq
     trainer.remove_callback(PrinterCallback)  # our callback reports progress; no raw dicts on stdout
     return trainer, callback
