@@ -15,6 +15,8 @@ values for prefix tuning, laid out as PEFT's `get_prompt` lays them out.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -53,6 +55,17 @@ class _Prefix:
     length: int
 
 
+def _on_model_device(method):
+    """New tensors on the model's device while the method runs. On the CPU nothing changes: the device
+    context would intercept every torch call of the decode loop."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        device = self.model.device
+        with contextlib.nullcontext() if device.type == "cpu" else torch.device(device):
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
 @dataclass
 class Generator:
     model: torch.nn.Module  # frozen base causal LM
@@ -75,7 +88,7 @@ class Generator:
             self._prefix = {k: v for k, v in self._prefix.items() if k[0] != adapter_dir}
             peft_type, arr = adapter_prompt(adapter_dir)
             check_adapter_fits(adapter_dir, self.model.config, self.model.config.name_or_path)
-            t = torch.from_numpy(arr).to(self.model.dtype)  # (N, width)
+            t = torch.from_numpy(arr).to(self.model.device, self.model.dtype)  # (N, width)
             if peft_type == "PREFIX_TUNING":
                 conf = read_json(f"{adapter_dir}/adapter_config.json")
                 n, layers, heads = t.shape[0], conf["num_layers"], conf["num_attention_heads"]
@@ -112,13 +125,14 @@ class Generator:
         return self._prefix[key]
 
     # ---- generation ---------------------------------------------------------------------
+    @_on_model_device
     def generate(self, rows: list[tuple[System, str]], decoding: Decoding = Decoding(),
                  progress: Callable[[int, int], None] | None = None) -> list[str]:
         """One output text per (system, input) row, in order."""
         encoded = [(s, self.formatter(s).prompt_ids(x)) for s, x in rows]
         order = sorted(range(len(rows)), key=lambda i: (rows[i][0].name, len(encoded[i][1])))
         tokens = self._generate_batch([encoded[i] for i in order], decoding,
-                                      torch.Generator().manual_seed(decoding.seed), progress)
+                                      torch.Generator(self.model.device).manual_seed(decoding.seed), progress)
         outs: list[str] = [""] * len(rows)
         for i, toks in zip(order, tokens):
             text = self.formatter(rows[i][0]).clean_output(self.tokenizer.decode(toks))
@@ -201,6 +215,7 @@ class Generator:
                                  torch.tensor([bool(w.strip()) for w in words]))
         return self._token_kinds
 
+    @_on_model_device
     @torch.no_grad()
     def log_likelihood(self, rows: list[tuple[System, str, str]]) -> list[float]:
         """Mean log-probability per token of each reference (target + end marker) under each system."""
