@@ -1,5 +1,5 @@
 """Sweep: prompt lengths x learning rates on one base config, one run per pair (Optuna grid,
-median pruning), trained one after another in their own process; table and plot live."""
+median pruning), trained by one or several worker processes; table and plot live."""
 from functools import partial
 
 import pandas as pd

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core.store import jobs
+from core.model.device import resolve_device
 from core.model.loading import DEFAULT_MODEL, resolve_model_dir
 from core.errors import WorkbenchError
 from core.tasks import BUILTIN, guess_columns, peek, save_upload
@@ -113,6 +114,7 @@ if st.button("Start", type="primary", key="start"):
     try:
         if source == "Local folder":
             resolve_model_dir(cfg.model, cfg.trust_remote_code)  # a missing folder is named now, not by the run
+        resolve_device(cfg.device)  # so is a missing GPU
         run = jobs.submit(cfg)
         st.session_state.setdefault("watching", []).insert(0, run.id)
         st.success(f"Started run {run.id}")

@@ -96,3 +96,15 @@ def test_cuda_run_in_bf16_with_the_fast_paths_off_and_generation_on_the_gpu(home
     outs = gen.generate([(system, x) for x in inputs], Decoding(max_new_tokens=6))
     assert outs == peft_reference(tiny_model_dir, run.adapter_dir, system.template, system.prompt_format, tokenizer,
                                   inputs, n=6)
+
+
+@pytest.mark.skipif(not NO_GPU, reason="checks a machine without a GPU")
+def test_tune_page_names_a_missing_gpu_and_starts_nothing(home):
+    from tests.conftest import open_page
+    at = open_page("tune")
+    assert at.selectbox(key="cfg_device").value == "auto" and "CPU fast paths" in at.selectbox(key="cfg_device").help
+    at.selectbox(key="cfg_device").set_value("cuda")
+    at.button(key="start").click().run()
+    assert not at.exception
+    assert any("--device cuda: no CUDA GPU is available here" in e.value for e in at.error)
+    assert list_runs() == []
