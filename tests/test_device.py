@@ -108,3 +108,21 @@ def test_tune_page_names_a_missing_gpu_and_starts_nothing(home):
     assert not at.exception
     assert any("--device cuda: no CUDA GPU is available here" in e.value for e in at.error)
     assert list_runs() == []
+
+
+def test_generator_methods_create_their_tensors_on_the_model_device():
+    import types
+
+    from core.model.device import on_model_device
+
+    class Holder:
+        def __init__(self, device):
+            self.model = types.SimpleNamespace(device=torch.device(device))
+
+        @on_model_device
+        def make(self):
+            return torch.zeros(2).device, torch.arange(3).device
+
+    assert Holder("meta").make() == (torch.device("meta"),) * 2  # a stand-in for cuda: tensors follow the model
+    assert Holder("cpu").make() == (torch.device("cpu"),) * 2
+    assert torch.zeros(1).device.type == "cpu"  # the default device is back after the call

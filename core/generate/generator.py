@@ -15,8 +15,6 @@ values for prefix tuning, laid out as PEFT's `get_prompt` lays them out.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -28,6 +26,7 @@ from core.generate.batching import ActiveRows
 from core.generate.formatting import Formatter
 from core.store.paths import read_json
 from core.model.adapters import adapter_prompt, check_adapter_fits
+from core.model.device import on_model_device
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (B, H, L, d)
 
@@ -53,17 +52,6 @@ class Decoding:
 class _Prefix:
     kv: KV  # (1, H, L, d) per layer
     length: int
-
-
-def _on_model_device(method):
-    """New tensors on the model's device while the method runs. On the CPU nothing changes: the device
-    context would intercept every torch call of the decode loop."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        device = self.model.device
-        with contextlib.nullcontext() if device.type == "cpu" else torch.device(device):
-            return method(self, *args, **kwargs)
-    return wrapper
 
 
 @dataclass
@@ -125,7 +113,7 @@ class Generator:
         return self._prefix[key]
 
     # ---- generation ---------------------------------------------------------------------
-    @_on_model_device
+    @on_model_device
     def generate(self, rows: list[tuple[System, str]], decoding: Decoding = Decoding(),
                  progress: Callable[[int, int], None] | None = None) -> list[str]:
         """One output text per (system, input) row, in order."""
@@ -215,7 +203,7 @@ class Generator:
                                  torch.tensor([bool(w.strip()) for w in words]))
         return self._token_kinds
 
-    @_on_model_device
+    @on_model_device
     @torch.no_grad()
     def log_likelihood(self, rows: list[tuple[System, str, str]]) -> list[float]:
         """Mean log-probability per token of each reference (target + end marker) under each system."""

@@ -6,6 +6,9 @@ decided in core/settings.fast_paths (and recorded in every run's runtime.json).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 
 from core.errors import WorkbenchError
@@ -34,3 +37,14 @@ def resolve_device(requested: str) -> str:
         raise WorkbenchError("--device mps: Apple's Metal (MPS) backend is not available here (it needs an Apple "
                              "silicon Mac and a PyTorch built with MPS). Use --device cpu or auto.")
     return requested
+
+
+def on_model_device(method):
+    """Decorate a method of an object with a `model`: new tensors go to the model's device while it runs.
+    On the CPU nothing changes (the device context would intercept every torch call of a decode loop)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        device = self.model.device
+        with contextlib.nullcontext() if device.type == "cpu" else torch.device(device):
+            return method(self, *args, **kwargs)
+    return wrapper
