@@ -126,3 +126,15 @@ def test_generator_methods_create_their_tensors_on_the_model_device():
     assert Holder("meta").make() == (torch.device("meta"),) * 2  # a stand-in for cuda: tensors follow the model
     assert Holder("cpu").make() == (torch.device("cpu"),) * 2
     assert torch.zeros(1).device.type == "cpu"  # the default device is back after the call
+
+
+def test_a_runs_device_note_shows_on_the_runs_page(home, tiny_model_dir, toy_data):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import REPO
+    run = new_run(tiny_config(tiny_model_dir, toy_data), run_id="on-gpu")
+    run.set_status(state="completed", step=6, device="cuda", note=settings.device_note("cuda"))
+    at = AppTest.from_file(str(REPO / "pages" / "runs.py"), default_timeout=60).run()
+    at.multiselect(key="runs_pick").set_value(["on-gpu"]).run()
+    assert not at.exception
+    assert any("Training on cuda: the CPU-only fast paths are off" in c.value for c in at.caption)
