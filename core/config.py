@@ -42,6 +42,13 @@ class Precision(str, enum.Enum):
     BF16 = "bf16"
 
 
+class Device(str, enum.Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+    MPS = "mps"
+
+
 class ConfigError(WorkbenchError, ValueError):
     """All problems of a config at once: `errors` maps each field to its message."""
 
@@ -106,6 +113,9 @@ class TuneConfig:
     precision: Precision = _f(Precision.FP32, "Training arithmetic of the frozen model: fp32, or bf16 autocast "
                               "(the soft prompt stays fp32; about 2x faster on CPUs with AVX512-BF16/AMX and on "
                               "recent GPUs, slower on CPUs without them).")
+    device: Device = _f(Device.AUTO, "Where to train: auto (a CUDA GPU if PyTorch sees one, else the CPU), cpu, "
+                        "cuda or mps. The CPU fast paths (oneDNN matmuls, fused C kernels, the written-out decoder "
+                        "stack) run on the CPU only and step aside elsewhere.")
     seed: int = _f(42, "Random seed (data order, init, splits).")
     trust_remote_code: bool = _f(False, "Allow the model folder's own Python code to run (only for models you trust).")
 
@@ -183,7 +193,7 @@ def with_task_defaults(values: dict) -> dict:
 
 
 _ENUMS = {"method": Method, "init": Init, "encoder_type": EncoderType, "prompt_format": PromptFormat,
-          "precision": Precision}
+          "precision": Precision, "device": Device}
 
 
 def field_help(name: str) -> str:

@@ -24,6 +24,7 @@ SWITCHES = {  # field -> (variable, what it turns off when set to 0)
     "fused": ("WORKBENCH_FUSED", "the fused C kernels (core/model/fused.py)"),
     "keep_heap": ("WORKBENCH_KEEP_HEAP", "keeping freed memory between training steps (core/train/heap.py)"),
 }
+CPU_ONLY = ("flatstack", "onednn", "fused", "keep_heap")  # the fast paths that apply to training on the CPU only
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "datasets", "numpy")
 
 
@@ -72,11 +73,38 @@ def cpu_name() -> str:
         return "?"
 
 
-def runtime(device: str = "cpu", precision: str = "fp32") -> dict:
-    """How a result was made: the switches in force, library versions and the machine."""
+def fast_paths(device: str) -> dict[str, str | None]:
+    """Per CPU fast path: None where it is on for a run on `device` ("cpu", "cuda", "cuda:1", "mps"),
+    else why it is off."""
+    kind = device.split(":")[0]
+    out: dict[str, str | None] = {}
+    for name in CPU_ONLY:
+        var, what = SWITCHES[name]
+        if not getattr(SETTINGS, name):
+            out[name] = f"off: {var}=0 ({what})"
+        elif kind != "cpu":
+            out[name] = f"off on {kind}: CPU only ({what})"
+        else:
+            out[name] = None
+    return out
+
+
+def device_note(device: str) -> str | None:
+    """One line for the run's log and status when the CPU fast paths step aside on `device`."""
+    off = [name for name, why in fast_paths(device).items() if why and " on " in why]
+    if not off:
+        return None
+    return (f"Training on {device}: the CPU-only fast paths are off ({', '.join(off)}); the model runs its own "
+            "transformers layers there.")
+
+
+def runtime(device: str = "cpu", precision: str = "fp32", processes: int = 1) -> dict:
+    """How a result was made: the switches in force (and the fast paths on `device`), library versions
+    and the machine."""
     return {
         "settings": dataclasses.asdict(SETTINGS),
-        "device": device, "precision": precision,
+        "device": device, "precision": precision, "processes": processes,
+        "fast_paths": {name: why or "on" for name, why in fast_paths(device).items()},
         "versions": {"python": sys.version.split()[0], **{lib: _version(lib) for lib in LIBRARIES}},
         "machine": {"platform": platform.platform(), "cpu": cpu_name(), "cores": os.cpu_count()},
     }

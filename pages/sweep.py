@@ -1,5 +1,5 @@
 """Sweep: prompt lengths x learning rates on one base config, one run per pair (Optuna grid,
-median pruning), trained one after another in their own process; table and plot live."""
+median pruning), trained by one or several worker processes; table and plot live."""
 from functools import partial
 
 import pandas as pd
@@ -33,8 +33,9 @@ def numbers(raw: str, kind) -> list:
 
 
 st.title("Sweep prompt length × learning rate")
-st.caption("Every pair of values is a normal run, trained one after another. Optuna's median pruner stops a "
-           "trial whose validation loss is worse than the median of the finished trials at the same step.")
+st.caption("Every pair of values is a normal run, trained one after another by each worker. Optuna's median "
+           "pruner stops a trial whose validation loss is worse than the median of the finished trials at the same "
+           "step.")
 for name in KEPT:  # Streamlit drops a widget's value after a run that does not draw it
     if name in st.session_state:
         st.session_state[name] = st.session_state[name]
@@ -68,12 +69,19 @@ grid = {
 }
 startup = g3.number_input("Prune after", 0, 100, sweeps.DEFAULT_PRUNER["n_startup_trials"], key="sweep_startup",
                           help="Finished trials needed before the median pruner may stop a trial.")
+w1, w2 = st.columns([1, 4])
+workers = w1.number_input("Workers", 1, sweeps.MAX_WORKERS, 1, key="sweep_workers",
+                          help="Trials trained at once on this machine, each in its own process.")
+storage = w2.text_input("Study storage", key="sweep_storage", placeholder="SQLite in the sweep folder",
+                        help="An SQLAlchemy URL (e.g. postgresql://user@host/db) to share the study with workers "
+                             "on other machines: `python -m workbench sweep --sweep ID --storage URL`.")
 st.caption(f"{len(grid['num_virtual_tokens']) * len(grid['learning_rate'])} trials of {values['max_steps']} steps.")
 
 if st.button("Start sweep", type="primary", key="sweep_start"):
     try:
-        sweep = sweeps.new_sweep(with_task_defaults(values), grid, pruner={"n_startup_trials": int(startup)})
-        sweeps.launch(sweep)
+        sweep = sweeps.new_sweep(with_task_defaults(values), grid, pruner={"n_startup_trials": int(startup)},
+                                 storage=storage)
+        sweeps.launch(sweep, int(workers))
         st.session_state[ERRORS] = {}
         st.session_state["sweep_pick"] = sweep.id
         st.success(f"Started sweep {sweep.id}")
@@ -118,7 +126,7 @@ def live_sweep(sweep_id: str) -> None:
             st.toast(f"{sweep_id}: {sweeps.cancel(sweep_id)}")
         if state in ("cancelled", "interrupted", "failed") and done < total and st.button(
                 "Continue", key="sweep_continue", help="Train the trials not finished yet"):
-            sweeps.launch(sweep)
+            sweeps.launch(sweep, status.get("workers") or 1)
             st.toast(f"{sweep_id}: continuing")
     except WorkbenchError as e:
         st.error(str(e))

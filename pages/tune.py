@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core.store import jobs
+from core.model.device import resolve_device
 from core.model.loading import DEFAULT_MODEL, model_is_seq2seq, resolve_model_dir
 from core.errors import WorkbenchError
 from core.tasks import BUILTIN, guess_columns, peek, save_upload
@@ -100,7 +101,7 @@ with st.expander("Training settings", expanded=False):
     cols = st.columns(3)
     training_fields = ["max_steps", "batch_size", "learning_rate", "max_input_tokens", "max_target_tokens",
                        "eval_every", "save_every", "eval_examples", "early_stopping_patience", "warmup_steps",
-                       "max_grad_norm", "weight_decay", "train_examples", "format_augmentation", "precision", "seed"]
+                       "max_grad_norm", "weight_decay", "train_examples", "format_augmentation", "precision", "device", "seed"]
     for i, name in enumerate(training_fields):
         values[name] = field_widget(name, cols[i % 3])
     values["trust_remote_code"] = field_widget("trust_remote_code")
@@ -117,6 +118,7 @@ if st.button("Start", type="primary", key="start"):
     try:
         if source == "Local folder":
             resolve_model_dir(cfg.model, cfg.trust_remote_code)  # a missing folder is named now, not by the run
+        resolve_device(cfg.device)  # so is a missing GPU
         run = jobs.submit(cfg)
         st.session_state.setdefault("watching", []).insert(0, run.id)
         st.success(f"Started run {run.id}")

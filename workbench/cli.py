@@ -1,5 +1,5 @@
 """Headless entry point: `python -m workbench tune|resume|runs|generate|cancel|delete|import-adapter|sweep|report|
-robustness|compare` (compare: workbench/compare_cli.py).
+robustness|compare` (compare: workbench/compare_cli.py, sweep: workbench/sweep_cli.py).
 
 The tune flags are generated from TuneConfig, so the CLI, the form and the saved run agree.
 The app starts runs through this same entry point (`tune --run-dir`), in their own process.
@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from core.config import ConfigError, TuneConfig, with_task_defaults
+from core.config import ConfigError, TuneConfig
 from core.errors import WorkbenchError
 from core.store.runs import FINISHED
-from workbench import compare_cli
+from workbench import compare_cli, sweep_cli
 from workbench.compare_cli import _bool, print_robustness
 
 ALIASES = {"max_steps": ["--steps"], "num_virtual_tokens": ["--virtual-tokens"]}
@@ -62,13 +62,7 @@ def parser() -> argparse.ArgumentParser:
                      "(PEFT's convention: the raw text, no chat template) or chat (default: plain)")
     imp.add_argument("--input-template", default="{input}", help="text around each input as the trainer wrote it; "
                      "must contain {input} (default: {input})")
-    sw = sub.add_parser("sweep", help="try prompt lengths x learning rates, one run per pair (Optuna, median pruning)")
-    sw.add_argument("--sweep", help="run an existing sweep folder (as the app does; goes on after a cancel)")
-    sw.add_argument("--sweep-id", help="name for the new sweep (default: date-sweep-task)")
-    sw.add_argument("--tokens", type=int, nargs="+", help="prompt lengths to try, e.g. 5 20 50 100")
-    sw.add_argument("--lrs", type=float, nargs="+", help="learning rates to try, e.g. 0.3 0.03 0.003")
-    sw.add_argument("--startup-trials", type=int, default=2, help="completed trials before pruning starts (default: 2)")
-    add_config_flags(sw)
+    sweep_cli.add_parser(sub, add_config_flags)
     rep = sub.add_parser("report", help="prompt length x init strategy on one task: train every point, score it "
                                         "on the validation split (shown on the Results page)")
     rep.add_argument("--task", default="sentiment", help="built-in task (default: sentiment)")
@@ -127,11 +121,25 @@ def cmd_tune(a) -> int:
         return _train(Run.open(path.name) if path.parent.name == "runs" else _outside(path), resume=False)
     values = {f.name: getattr(a, f.name) for f in dataclasses.fields(TuneConfig) if hasattr(a, f.name)}
     cfg = TuneConfig.for_task(**values)
+    from core.model.device import resolve_device
+    resolve_device(cfg.device)  # a device that is not there is named now, before a run folder exists
+    if one_process_under_accelerate_cpu():
+        print("note: `accelerate launch --cpu` starts one process whatever --num_processes says (several CPU "
+              "processes need mpirun): for N processes on this machine use `accelerate launch --multi_gpu "
+              "--num_processes N -m workbench tune --device cpu ...` (docs/distributed.md).", file=sys.stderr)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # accelerate launch: one run shared by all processes
         return _train(_shared_run(cfg, a.run_id), resume=False)
     run = new_run(cfg, a.run_id)
     print(f"run {run.id} created in {run.path}")
     return _train(run, resume=False)
+
+
+def one_process_under_accelerate_cpu(env=None) -> bool:
+    """`accelerate launch --cpu --num_processes N` (N > 1) runs one plain process: it sets MASTER_ADDR and
+    ACCELERATE_USE_CPU but no WORLD_SIZE."""
+    env = os.environ if env is None else env
+    return (env.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in env
+            and "WORLD_SIZE" not in env)
 
 
 def _shared_run(cfg: TuneConfig, run_id: str | None):
@@ -186,36 +194,6 @@ def cmd_cancel(a) -> int:
     outcome = cancel(a.run)
     print(f"run {a.run}: {'asked to save and stop' if outcome == 'stopping' else outcome}")
     return 0
-
-
-def cmd_sweep(a) -> int:
-    from core.train.sweep import Sweep, new_sweep
-
-    if a.sweep:
-        sweep = Sweep.open(a.sweep)
-    elif not (a.tokens and a.lrs):
-        raise WorkbenchError("a new sweep needs --tokens and --lrs (or --sweep ID to run an existing one).")
-    else:
-        values = {f.name: getattr(a, f.name) for f in dataclasses.fields(TuneConfig) if hasattr(a, f.name)}
-        try:
-            sweep = new_sweep(with_task_defaults(values), {"num_virtual_tokens": a.tokens, "learning_rate": a.lrs}, a.sweep_id,
-                              pruner={"n_startup_trials": a.startup_trials})
-        except ConfigError as e:  # name the flags the user typed
-            flags = {"num_virtual_tokens": "tokens", "learning_rate": "lrs", "pruner": "startup_trials"}
-            raise ConfigError({flags.get(k, k): v for k, v in e.errors.items()}) from None
-        print(f"sweep {sweep.id} created in {sweep.path}: {sweep.status()['total']} trials")
-
-    def show(t: dict) -> None:
-        loss = f"best eval_loss {t['eval_loss']:.4f}" if t["eval_loss"] is not None else t.get("error") or ""
-        print(f"trial {t['number']}: {t['params']['num_virtual_tokens']} tokens, lr {t['params']['learning_rate']:g} "
-              f"-> {t['state']} at step {t['step']}, {loss} (run {t['run_id']})", flush=True)
-    st = sweep.run(on_trial=show)
-    best = st.get("best")
-    print(f"sweep {sweep.id}: {st['state']}, {st.get('trials')}/{st.get('total')} trials" +
-          (f"; best: {best['params']} eval_loss {best['eval_loss']:.4f}" if best else ""))
-    if st.get("error"):
-        print(f"error: {st['error']}", file=sys.stderr)
-    return 0 if st["state"] in FINISHED else 1
 
 
 def cmd_report(a) -> int:
@@ -278,7 +256,7 @@ def main(argv=None) -> int:
             run = import_adapter(a.path, a.model, a.task, a.run_id, a.prompt_format, a.input_template)
             print(f"imported as run {run.id} ({a.prompt_format} format, template {a.input_template!r})")
             return 0
-        return {"runs": cmd_runs, "generate": cmd_generate, "cancel": cmd_cancel, "sweep": cmd_sweep,
+        return {"runs": cmd_runs, "generate": cmd_generate, "cancel": cmd_cancel, "sweep": sweep_cli.cmd_sweep,
                 "report": cmd_report, "robustness": cmd_robustness, "compare": compare_cli.cmd_compare}[a.cmd](a)
     except ConfigError as e:
         for k, v in e.errors.items():

@@ -51,6 +51,8 @@ def run_summary(run: Run, key_prefix: str) -> None:
                 else f"step {step}/{total} · ETA {eta}")
     if st_.get("error"):
         st.error(st_["error"])
+    if st_.get("note"):  # e.g. the CPU-only fast paths stepping aside on a GPU
+        st.caption(f":material/info: {st_['note']}")
     rows = run.metrics()
     if rows:
         st.plotly_chart(loss_figure({run.id: rows}), key=f"{key_prefix}_chart", config={"displaylogo": False})

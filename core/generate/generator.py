@@ -29,6 +29,7 @@ from core.generate.formatting import Formatter
 from core.store.paths import read_json
 from core.model.adapters import adapter_prompt, check_adapter_fits
 from core.model.loading import is_seq2seq
+from core.model.device import on_model_device
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (B, H, L, d)
 
@@ -83,7 +84,7 @@ class Generator:
             self._prefix = {k: v for k, v in self._prefix.items() if k[0] != adapter_dir}
             peft_type, arr = adapter_prompt(adapter_dir)
             check_adapter_fits(adapter_dir, self.model.config, self.model.config.name_or_path)
-            t = torch.from_numpy(arr).to(self.model.dtype)  # (N, width)
+            t = torch.from_numpy(arr).to(self.model.device, self.model.dtype)  # (N, width)
             if peft_type == "PREFIX_TUNING":
                 conf = read_json(f"{adapter_dir}/adapter_config.json")
                 n, layers, heads = t.shape[0], conf["num_layers"], conf["num_attention_heads"]
@@ -121,6 +122,7 @@ class Generator:
         return self._prefix[key]
 
     # ---- generation ---------------------------------------------------------------------
+    @on_model_device
     def generate(self, rows: list[tuple[System, str]], decoding: Decoding = Decoding(),
                  progress: Callable[[int, int], None] | None = None) -> list[str]:
         """One output text per (system, input) row, in order."""
@@ -130,7 +132,8 @@ class Generator:
         if self.seq2seq:
             from core.generate import seq2seq
             run = functools.partial(seq2seq.generate, self)
-        tokens = run([encoded[i] for i in order], decoding, torch.Generator().manual_seed(decoding.seed), progress)
+        tokens = run([encoded[i] for i in order], decoding, torch.Generator(self.model.device).manual_seed(decoding.seed),
+                     progress)
         outs: list[str] = [""] * len(rows)
         for i, toks in zip(order, tokens):
             text = self.formatter(rows[i][0]).clean_output(self.tokenizer.decode(toks))
@@ -213,6 +216,7 @@ class Generator:
                                  torch.tensor([bool(w.strip()) for w in words]))
         return self._token_kinds
 
+    @on_model_device
     @torch.no_grad()
     def log_likelihood(self, rows: list[tuple[System, str, str]]) -> list[float]:
         """Mean log-probability per token of each reference (target + end marker) under each system."""

@@ -115,3 +115,25 @@ def read_json(path: Path, default=None):
             return json.load(f)
     except FileNotFoundError:
         return default
+
+
+def read_jsonl(path: Path) -> list:
+    """The rows of a JSON-lines file (none when it does not exist); a line cut by a crash mid-write is skipped."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    except FileNotFoundError:
+        pass
+    return rows
+
+
+def append_jsonl(path: Path, row) -> None:
+    """One row at the end of a JSON-lines file, in one write (rows of several processes do not interleave)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from core.config import TuneConfig
 from core.errors import WorkbenchError
-from core.store.paths import IdFolder, check_run_id, read_json, run_path, runs_dir, write_json_atomic
+from core.store.paths import (IdFolder, append_jsonl, check_run_id, read_json, read_jsonl, run_path, runs_dir,
+                              write_json_atomic)
 
 class RunState(str, enum.Enum):
     """Where a run is; stored as its value in status.json."""
@@ -74,22 +75,10 @@ class Run(IdFolder):
         return status
 
     def log_metrics(self, row: dict) -> None:
-        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
+        append_jsonl(self.path / "metrics.jsonl", row)
 
     def metrics(self) -> list[dict]:
-        rows = []
-        try:
-            with open(self.path / "metrics.jsonl", encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        continue  # a line cut by a crash mid-write
-        except FileNotFoundError:
-            pass
-        return rows
+        return read_jsonl(self.path / "metrics.jsonl")
 
     def checkpoints(self) -> list[tuple[int, Path]]:
         """Complete checkpoints (adapter weights and trainer state present) as (step, folder), oldest first."""

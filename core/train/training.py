@@ -8,6 +8,7 @@ A non-finite loss stops the run with state `failed` and a message.
 from __future__ import annotations
 
 import errno
+import functools
 import math
 import os
 import signal
@@ -19,6 +20,7 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from core import settings
+from core.train.distributed import is_main_process, record_rank, world_size
 from core.train.heap import keep_freed_memory
 from core.config import TuneConfig
 from core.train.fastloss import labelled_loss
@@ -26,6 +28,7 @@ from core.generate.formatting import EncodedDataset, Formatter, PadCollator
 from core.generate.generator import Decoding, Generator, System
 from core.generate.variants import augment
 from core.train.methods import build_peft_model
+from core.model.device import resolve_device
 from core.model.loading import is_seq2seq, load_model
 from core.errors import WorkbenchError
 from core.store.paths import read_json, write_json_atomic
@@ -124,15 +127,23 @@ class PromptTrainer(Trainer):
     seq2seq = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        peft_model = self.accelerator.unwrap_model(model)
+        args = (inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
         with self.accelerator.autocast():  # bf16 precision: labelled_loss calls past the wrapped forward
             if self.seq2seq:
                 loss = model(**inputs).loss
-            else:
-                loss = labelled_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+            elif peft_model is model or not torch.is_grad_enabled():
+                loss = labelled_loss(peft_model, *args)
+            else:  # several processes: through DistributedDataParallel's forward, so that backward syncs the gradients
+                peft_model.forward = functools.partial(labelled_loss, peft_model)  # shadows the class's forward
+                try:
+                    loss = model(*args)
+                finally:
+                    del peft_model.forward
         return (loss, {"loss": loss}) if return_outputs else loss
 
 
-def training_args(cfg: TuneConfig, run: Run) -> TrainingArguments:
+def training_args(cfg: TuneConfig, run: Run, device: str = "cpu") -> TrainingArguments:
     early = cfg.early_stopping_patience > 0
     return TrainingArguments(
         output_dir=str(run.checkpoints_dir), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
@@ -144,8 +155,8 @@ def training_args(cfg: TuneConfig, run: Run) -> TrainingArguments:
         metric_for_best_model="eval_loss" if early else None, greater_is_better=False if early else None,
         seed=cfg.seed, data_seed=cfg.seed, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
         train_sampling_strategy="group_by_length", remove_unused_columns=False, label_names=["labels"],
-        save_only_model=False, use_cpu=not torch.cuda.is_available(), prediction_loss_only=True,
-        bf16=cfg.precision.value == "bf16",  # autocast: the frozen model's matmuls in bf16, the prompt in fp32
+        save_only_model=False, use_cpu=device == "cpu", prediction_loss_only=True,
+        bf16=cfg.precision.value == "bf16",  # autocast (CPU or GPU): the frozen model's matmuls in bf16, the prompt in fp32
     )
 
 
@@ -157,10 +168,6 @@ def sanity_check(model, collator, dataset) -> float:
     if not math.isfinite(loss):
         raise WorkbenchError(f"The first batch already gives a loss of {loss}: check the data and the model.")
     return loss
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 SEQ2SEQ_NOTE = ("encoder-decoder model: the loss comes from PEFT's own forward; the fast loss, the fused kernels "
@@ -183,22 +190,31 @@ def train(run: Run, resume: bool = False, progress: Callable | None = None, extr
     that was installed before (a sweep's) is put back when the run ends.
     """
     cfg = run.config()
-    keep_freed_memory()  # each step reuses the pages of the one before (core/train/heap.py)
     checkpoint = run.last_checkpoint() if resume else None
     if resume and checkpoint is None and run.checkpoints():
         raise WorkbenchError(f"Run {run.id!r} has no complete checkpoint to resume from: start it again.")
     # under `accelerate launch` every process trains; only the main one writes the run's files
     status = run.set_status if is_main_process() else (lambda **kw: {**run.status(), **kw})
-    status(state=RunState.RUNNING, pid=os.getpid(), error=None, started=time.time())
-    if is_main_process():  # how the numbers were made: switches, versions, machine
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        write_json_atomic(run.path / "runtime.json", settings.runtime(device, cfg.precision.value))
+    try:
+        device = resolve_device(cfg.device)
+    except WorkbenchError as e:
+        return status(state=RunState.FAILED, error=str(e))
+    note = settings.device_note(device)  # the CPU-only fast paths step aside on a GPU: say so
+    status(state=RunState.RUNNING, pid=os.getpid(), error=None, started=time.time(), device=device, note=note)
+    if note and is_main_process():
+        print(note, flush=True)
+    if is_main_process():  # how the numbers were made: switches, fast paths, versions, machine
+        write_json_atomic(run.path / "runtime.json", settings.runtime(device, cfg.precision.value, world_size()))
+    if settings.fast_paths(device)["keep_heap"] is None:
+        keep_freed_memory()  # each step reuses the pages of the one before (core/train/heap.py)
     t0 = time.time()
     stop = {"requested": False}  # SIGTERM at any point, even while loading, ends the run cleanly
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("requested", True))
     try:
-        trainer, callback = setup(run, cfg, progress, stop, extra_callbacks)
+        trainer, callback = setup(run, cfg, progress, stop, extra_callbacks, device)
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if world_size() > 1:
+            record_rank(run, trainer, device)
         if is_main_process() and not callback.failure:
             trainer.model.save_pretrained(str(run.adapter_dir))
     except WorkbenchError as e:
@@ -223,7 +239,8 @@ def train(run: Run, resume: bool = False, progress: Callable | None = None, extr
     return status(state=state, step=trainer.state.global_step, eta=0, elapsed=elapsed, pid=None)
 
 
-def setup(run: Run, cfg: TuneConfig, progress: Callable | None, stop: dict | None = None, extra_callbacks: tuple = ()):
+def setup(run: Run, cfg: TuneConfig, progress: Callable | None, stop: dict | None = None, extra_callbacks: tuple = (),
+          device: str = "cpu"):
     set_seed(cfg.seed)
     task = load_task(cfg.task, cfg.data_path, cfg.input_column, cfg.target_column)
     train_rows = task.train[: cfg.train_examples] if cfg.train_examples else task.train
@@ -258,7 +275,7 @@ def setup(run: Run, cfg: TuneConfig, progress: Callable | None, stop: dict | Non
     if cfg.early_stopping_patience:
         from transformers import EarlyStoppingCallback
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience))
-    trainer = PromptTrainer(model=model, args=training_args(cfg, run), train_dataset=train_ds,
+    trainer = PromptTrainer(model=model, args=training_args(cfg, run, device), train_dataset=train_ds,
                       eval_dataset=eval_ds if len(eval_ds) else None, data_collator=collator, callbacks=callbacks)
     trainer.seq2seq = seq2seq
     trainer.remove_callback(PrinterCallback)  # our callback reports progress; no raw dicts on stdout
