@@ -64,7 +64,8 @@ class LSHForestIndex:
         if ef and not graph_k:
             raise ValueError(f"ef must be 0 (no graph walk) when graph_k is 0, got {ef!r}")
         self.trees, self.branching, self.depth = int(trees), int(branching), int(depth)
-        self.candidates_per_k, self.graph_k, self.ef, self.seed = int(candidates_per_k), int(graph_k), int(ef), int(seed)
+        self.candidates_per_k, self.graph_k = int(candidates_per_k), int(graph_k)
+        self.ef, self.seed = int(ef), int(seed)
 
     def params(self) -> dict:
         """The constructor arguments, JSON-ready: LSHForestIndex(**index.params()) builds the same index."""
@@ -255,7 +256,8 @@ def load_or_fit(folder, anchors, params: dict, center: bool = True, progress: Pr
     """The index cached in folder/lsh-<parameters> if it matches these anchors, else a fresh fit
     (knn as in `LSHForestIndex.fit`), saved there."""
     index = LSHForestIndex.from_params(params)
-    where = Path(folder) / ("lsh-" + "-".join(f"{k}{v}" for k, v in index.params().items()) + ("" if center else "-raw"))
+    name = "lsh-" + "-".join(f"{k}{v}" for k, v in index.params().items()) + ("" if center else "-raw")
+    where = Path(folder) / name
     try:
         cached = LSHForestIndex.load(where, anchors)
         if cached.exact_.center_ == bool(center):
