@@ -155,3 +155,7 @@ def test_unknown_parameter_and_bad_query_arguments_are_named(forest):
         forest.query(ANCHORS[:2], 3001)
     with pytest.raises(ValueError, match="dimension 5"):
         forest.query(np.ones((2, 5)), 3)
+
+
+def test_constructor_defaults_are_the_default_setting():
+    assert LSHForestIndex().params() == DEFAULT_LSH

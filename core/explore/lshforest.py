@@ -52,8 +52,8 @@ class LSHForestIndex:
 
     PARAMS = ("trees", "branching", "depth", "candidates_per_k", "graph_k", "ef", "seed")
 
-    def __init__(self, trees: int = 2, branching: int = 32, depth: int = 2, candidates_per_k: int = 100,
-                 graph_k: int = 16, ef: int = 40, seed: int = 1) -> None:
+    def __init__(self, trees: int = 2, branching: int = 64, depth: int = 2, candidates_per_k: int = 300,
+                 graph_k: int = 14, ef: int = 40, seed: int = 1) -> None:  # defaults: DEFAULT_LSH
         for name, value, low, high in (("trees", trees, 1, 64), ("branching", branching, 2, 1024),
                                        ("depth", depth, 1, 4), ("candidates_per_k", candidates_per_k, 1, 1 << 20),
                                        ("graph_k", graph_k, 0, 256), ("ef", ef, 0, 4096), ("seed", seed, 0, 2**32 - 1)):
