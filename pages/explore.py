@@ -113,12 +113,12 @@ if tab_graph.open:
 
 if tab_nn.open:
     with tab_nn:
-        family, n_bits, num_perm, trees, bpt, probes, cand = lsh_settings(model)
+        params, cand = lsh_settings(model, k)
         if not vectors:
             st.info("No input-space prompt vectors among the picked runs.")
         else:
             try:
-                forest = lsh_forest(model, family, n_bits, num_perm, trees, bpt, probes)
+                forest = lsh_forest(model, params)
             except ValueError as e:
                 st.error(f"LSH forest parameters: {e}")
                 st.stop()
@@ -128,8 +128,9 @@ if tab_nn.open:
                       help="Share of the exact top-k that the forest finds, over these virtual tokens. Raise "
                       "'Candidates' (slower) when it is low.")
             st.caption("Cosine similarity of mean-centred embeddings. Exact (brute force) is the reference; the "
-                       "LSH forest (datasketch MinHashLSHForest over sign-random-projection sets) proposes "
-                       "candidates that are re-ranked by exact cosine; ✓ marks an answer exact search agrees with. "
+                       "LSH forest (datasketch MinHashLSHForest over paths down k-means trees, then a walk on the "
+                       "vocabulary's kNN graph) scores its candidates by exact cosine; ✓ marks an answer exact "
+                       "search agrees with, ✗ one it does not. "
                        f"Index: {forest!r}, {cand} candidates per virtual token.")
             floats = {c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if table[c].dtype == float}
             st.dataframe(table, hide_index=True, width="stretch", column_config=floats, key="exp_table")

@@ -80,7 +80,7 @@ def test_labels_show_spaces_and_search_finds_a_word(tokenizer):
 
 def test_neighbour_table_exact_against_forest():
     exact = ExactCosine().fit(ANCHORS)
-    forest = LSHForestIndex(n_bits=64, num_perm=32, l=4).fit(ANCHORS)
+    forest = LSHForestIndex(trees=2, branching=4, depth=2, graph_k=4, ef=8).fit(ANCHORS)
     prompts = [("run-a", ANCHORS[[5, 17]] + 0.01), ("run-b", RNG.standard_normal((3, 12)).astype(np.float32))]
     table, recall = neighbour_table(prompts, exact, forest, LABELS, k=4, candidates=8, token_norm=2.0)
     assert list(table["prompt"]) == ["run-a"] * 2 + ["run-b"] * 3 and list(table["virtual token"]) == [0, 1, 0, 1, 2]

@@ -93,6 +93,9 @@ def test_neighbour_table_exact_lsh_and_recall(trained):
     assert len(table) == 4 and {"exact top-3", "LSH forest top-3", "LSH recall@3", "cosine to nearest"} <= set(
         table.columns)
     assert table["cosine to nearest"].between(-1, 1.0001).all()
+    assert all(cell.count("✓") + cell.count("✗") == 3 for cell in table["LSH forest top-3"])  # exact agrees or not
+    _, root = trained
+    assert list((root / "models" / "vocab_maps").glob("*/lsh-*/meta.json"))  # the forest is cached beside the map
     recall = at.metric[0]
     assert "recall@3" in recall.label and recall.value.endswith("%") and 0 <= float(recall.value[:-1]) <= 100
     assert any("mean-centred" in c.value for c in at.caption)

@@ -62,7 +62,7 @@ def test_duplicate_tokens_keep_their_edge():
 
 
 def test_forest_neighbours_match_exact_when_candidates_cover_everything():
-    forest = LSHForestIndex(n_bits=64, num_perm=32, l=4, candidates_per_k=200).fit(ANCHORS)
+    forest = LSHForestIndex(trees=2, branching=4, depth=2, candidates_per_k=200).fit(ANCHORS)
     idx, sims = anchor_neighbors(forest, ANCHORS, 5)
     exact_idx, exact_sims = anchor_neighbors(ExactCosine().fit(ANCHORS), ANCHORS, 5)
     np.testing.assert_array_equal(idx, exact_idx)

@@ -14,7 +14,7 @@ from workbench.charts import PALETTE
 from core.explore.vocabmap import load_or_fit
 from core.explore.prompts import PromptSource, map_cache_dir, map_settings, token_labels
 from core.model.loading import embedding_matrix
-from core.explore.lshforest import FAMILIES, LSHForestIndex, default_lsh
+from core.explore.lshforest import LSHForestIndex, default_lsh, load_or_fit as load_or_fit_forest
 from core.explore.vocabgraph import PromptPoints
 from workbench.state import base_model
 
@@ -93,12 +93,15 @@ def token_norm(spec: str) -> float:
     return float(np.median(np.linalg.norm(anchors(spec), axis=1)))
 
 
-@st.cache_resource(show_spinner="Building the LSH forest over the vocabulary…")
-def lsh_forest(spec: str, family: str, n_bits: int, num_perm: int, trees: int, bits_per_token: int,
-               probes: int) -> LSHForestIndex:
-    """The forest with these parameters (probes only changes queries, but is recorded with the index)."""
-    return LSHForestIndex(family=family, n_bits=n_bits, num_perm=num_perm, l=trees, bits_per_token=bits_per_token,
-                          probes=probes).fit(anchors(spec))
+@st.cache_resource(show_spinner="Building the LSH forest over the vocabulary (once per model; cached on disk)…")
+def lsh_forest(spec: str, params: tuple) -> LSHForestIndex:
+    """The forest with these parameters ((name, value) pairs): from the disk cache beside the map's,
+    else fitted, reusing the map's cached kNN as its graph when it has enough neighbours."""
+    limit, _ = map_settings()
+    params = dict(params)
+    knn = vocab_map(spec).knn_indices_[:, 1:]  # (V, n_neighbors - 1): column 0 is the token itself
+    return load_or_fit_forest(map_cache_dir(spec, limit), anchors(spec), params,
+                              knn=knn if knn.shape[1] >= params["graph_k"] else None)
 
 
 def run_colors(run_ids: list[str]) -> dict[str, str]:
@@ -198,30 +201,28 @@ def graph_figure(nodes: pd.DataFrame, edges: pd.DataFrame, colors: dict[str, str
     return _layout(fig, height, "vocab-graph")
 
 
-def lsh_settings(model: str) -> tuple:
+def lsh_settings(model: str, k: int) -> tuple[tuple, int]:
     """The LSH forest's parameters from the Neighbours tab's expander, starting at the model's
-    defaults (core/explore/lshforest.default_lsh): (family, bits, hash values, trees, bits per
-    band, probes, candidates per virtual token)."""
+    defaults (core/explore/lshforest.default_lsh, read off bench/bench_lsh.py's curve):
+    ((name, value) pairs for `lsh_forest`, candidates per virtual token for k neighbours)."""
     d = default_lsh(model)
     with st.expander("LSH forest parameters"):
         c1, c2, c3, c4, c5, c6 = st.columns(6)
-        family = c1.selectbox("Hash family", list(FAMILIES), FAMILIES.index(d["family"]), key="exp_lsh_family",
-                              help="bands: each hash value is a band of sign bits, so a tree prefix matches only "
-                              "when those bits agree. minhash: MinHash of the set of bit groups (the old index).")
-        n_bits = c2.selectbox("Sign bits", [128, 256, 512, 1024], [128, 256, 512, 1024].index(d["n_bits"]),
-                              key="exp_lsh_bits")
-        bpt = c3.selectbox("Bits per band / token", [1, 2, 4, 8], [1, 2, 4, 8].index(d["bits_per_token"]),
-                           key="exp_lsh_bpt")
-        if family == "bands":
-            num_perm = n_bits // bpt
-            c4.caption(f"Hash values: {num_perm} (sign bits / bits per band)")
-        else:
-            num_perm = c4.selectbox("MinHash permutations", [32, 64, 128, 256], 2, key="exp_lsh_perm")
-        trees = c4.slider("Trees (l)", 1, num_perm, min(d["l"], num_perm), key="exp_lsh_trees")
-        probes = c5.number_input("Probes", 1, 16, d["probes"], key="exp_lsh_probes",
-                                 help="1 + the perturbed queries per prefix length: each flips the next "
-                                 "least-confident sign bit (projection closest to 0).")
-        cand = c6.number_input("Candidates", 10, 50000, 10 * d["candidates_per_k"], key="exp_lsh_cand",
-                               help="Candidates the forest proposes per virtual token, re-ranked by exact "
-                               "cosine. More finds more of the exact top-k, slower.")
-    return family, n_bits, num_perm, trees, bpt, int(probes), int(cand)
+        trees = c1.number_input("Trees (l)", 1, 16, d["trees"], key="exp_lsh_trees",
+                                help="k-means trees, one prefix tree of the forest each (different seeds).")
+        branching = c2.selectbox("Clusters per node", [16, 32, 64, 128], [16, 32, 64, 128].index(d["branching"]),
+                                 key="exp_lsh_branching", help="A token's hash values are its path down the tree.")
+        depth = c3.number_input("Depth", 1, 3, d["depth"], key="exp_lsh_depth",
+                                help="Levels of the tree: clusters per node ** depth leaves.")
+        graph_k = c4.number_input("Graph neighbours", 0, 64, d["graph_k"], key="exp_lsh_graph_k",
+                                  help="Each token's nearest tokens for the graph walk (0: no walk). Up to 14 "
+                                  "come from the map's cached kNN; more cost an exact all-pairs search.")
+        ef = c5.number_input("Walk width (ef)", 0, 512, d["ef"] if graph_k else 0, key="exp_lsh_ef",
+                             help="The walk expands the best unexpanded of the ef best tokens found so far, until "
+                             "all ef are expanded. 0: the forest's candidates alone.")
+        cand = c6.number_input("Candidates", 10, 50000, k * d["candidates_per_k"], key="exp_lsh_cand",
+                               help="Tokens the forest proposes per virtual token (nearest leaves first), scored "
+                               "by exact cosine before the walk. More finds more of the exact top-k, slower.")
+    params = dict(d, trees=int(trees), branching=int(branching), depth=int(depth), graph_k=int(graph_k),
+                  ef=int(ef) if graph_k else 0)
+    return tuple(sorted(params.items())), int(cand)

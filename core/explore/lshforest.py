@@ -1,34 +1,28 @@
-"""The LSH forest over the vocabulary: datasketch's `MinHashLSHForest` as the index, sign-random-
-projection bits as the hash (banded or MinHash), multi-probe queries, candidates re-ranked by exact
-cosine. Parameters are chosen per model from bench/bench_lsh.py's recall/cost curve."""
+"""The LSH forest over the vocabulary: datasketch's `MinHashLSHForest` as the index, paths down
+k-means trees as the hash (core/explore/kmtree.py), multi-probe into the next-nearest leaves, then
+a walk on the vocabulary's kNN graph from the best candidates; every candidate is scored by exact
+cosine. Parameters are chosen per model from bench/bench_lsh.py's recall/cost curve, and a fitted
+index is cached on disk with its parameters (`load_or_fit`)."""
 from __future__ import annotations
 
-from bisect import bisect_left
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from datasketch import LeanMinHash, MinHash, MinHashLSHForest
+from datasketch import LeanMinHash, MinHashLSHForest
 
-from core.explore.neighbors import ExactCosine, _check_k
+from core.explore.kmtree import fit_tree, leaf_numbers
+from core.explore.neighbors import ExactCosine, Progress, _as_matrix, _check_k
+from core.explore.vocabmap import fingerprint
+from core.store.paths import read_json, write_json_atomic
 
-
-def _fmix32(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3 32-bit finalizer, the pre-mix datasketch's "affine32" MinHash applies."""
-    h = np.asarray(h, dtype=np.uint32)  # arrays: numpy wraps the multiplies mod 2**32 silently
-    h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> np.uint32(13))
-    h = h * np.uint32(0xC2B2AE35)
-    return h ^ (h >> np.uint32(16))
-
-
-FAMILIES = ("minhash", "bands")
-# The page's default forest, from bench/bench_lsh.py on SmolLM2-135M's vocabulary (49,152 x 576):
-# with 1,000 candidates (2% of the vocabulary) recall@10 0.22 on hard queries (token + equal-norm
-# noise) against 0.075 for the old minhash/16-tree forest at the same cost. No setting reached
-# recall 0.95 within 10% of the vocabulary (best: 0.47 at 10%, 0.60 at 20%), see the bench.
-DEFAULT_LSH = dict(family="bands", n_bits=512, num_perm=256, l=32, bits_per_token=2, probes=4,
-                   candidates_per_k=100, seed=1)
+CACHE_VERSION = 1
+WALK_WIDTH = 4  # graph nodes expanded per query and round of the walk
+QUERY_CHUNK = 256  # queries walked together (a (chunk, V) bool "seen" mask)
+# The page's default, read off bench/bench_lsh.py's curve on SmolLM2-135M (49,152 x 576), see
+# docs/performance.md: the cheapest setting with recall@10 >= 0.95 on vocabulary and trained-prompt queries.
+DEFAULT_LSH = dict(trees=2, branching=64, depth=2, candidates_per_k=300, graph_k=14, ef=40, seed=1)
 MODEL_LSH = {"smollm2-135m-instruct": DEFAULT_LSH}  # measured per model; others start from DEFAULT_LSH
 
 
@@ -38,56 +32,40 @@ def default_lsh(model: str) -> dict:
 
 
 class LSHForestIndex:
-    """Approximate cosine neighbours: sign-random-projection hashes in a MinHash LSH forest, re-ranked.
+    """Approximate cosine neighbours of vectors among fixed anchors (the vocabulary embeddings).
 
-    Each (mean-centred) vector gets sign bits, one per seeded random hyperplane; two vectors at
-    angle theta agree on each bit with probability 1 - theta / pi. Two hash families turn the
-    bits into the num_perm values that `datasketch.MinHashLSHForest` indexes (l prefix trees of
-    num_perm // l values each; a query walks the trees from the longest matching prefix down):
+    fit: `trees` hierarchical k-means trees over the mean-centred unit anchors (different seeds),
+    `branching` clusters per node, `depth` levels. An anchor's hash values in tree t are its
+    path (cluster index per level); `datasketch.MinHashLSHForest(num_perm=trees*depth, l=trees)`
+    indexes them, so a prefix of r values is a level-r cluster and a full path a leaf. Also the
+    exact `graph_k` nearest anchors of every anchor (the vocabulary's kNN graph).
 
-    * family="bands": value j hashes band j, the bits j*b .. j*b + b - 1 (b = bits_per_token,
-      n_bits = num_perm * b). A tree prefix of r values matching means r*b sign bits agree, so
-      prefix length tracks Hamming distance directly (bit-sampling LSH for cosine).
-    * family="minhash": the bits are cut into groups of b and the vector becomes the set of
-      tokens (group g, its b-bit pattern); the values are that set's MinHash (datasketch's
-      affine32 scheme with an identity hashfunc, computed for all vectors at once from per-byte
-      tables). Prefix equality tracks Jaccard similarity, a looser proxy for the angle.
-
-    Multi-probe (probes > 1): at each prefix length r the forest is also asked with perturbed
-    signatures: probe p flips the p-th least-confident sign bit (the projection closest to 0)
-    among the bits the prefix covers - per tree for bands, over all bits for minhash. The union
-    of candidates only grows with probes. The candidates (k * candidates_per_k of them, deepest
-    prefixes first) are re-ranked by exact cosine.
+    query, for each vector: (1) multi-probe: the leaves of all trees in order of their centroid's
+    cosine to the vector (its own leaf first, then the next-nearest), each leaf's anchors as the
+    forest's table holds them under that full path, until `candidates` distinct anchors
+    (default k * candidates_per_k);
+    (2) with ef > 0, a best-first walk on the kNN graph: the neighbours of the best unexpanded of
+    the ef best anchors so far become candidates, WALK_WIDTH at a time, until the ef best are all
+    expanded (at most 2 * ef expansions). Every candidate is scored by exact cosine and counted
+    (`query_stats`); the best k are returned.
     """
 
-    def __init__(self, n_bits: int = 512, num_perm: int = 128, l: int = 16, bits_per_token: int = 2,
-                 candidates_per_k: int = 100, seed: int = 1, family: str = "minhash", probes: int = 1) -> None:
-        if family not in FAMILIES:
-            raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-        if not _is_int(n_bits) or n_bits < 8 or n_bits % 8:
-            raise ValueError(f"n_bits must be a positive multiple of 8, got {n_bits!r}")
-        allowed = (1, 2, 4, 8) if family == "minhash" else tuple(range(1, 9))
-        if not _is_int(bits_per_token) or bits_per_token not in allowed:
-            raise ValueError(f"bits_per_token must be one of {allowed} for family {family!r}, got {bits_per_token!r}")
-        if not _is_int(num_perm) or num_perm < 1:
-            raise ValueError(f"num_perm must be a positive integer, got {num_perm!r}")
-        if family == "bands" and num_perm * bits_per_token != n_bits:
-            raise ValueError(f"num_perm must be n_bits / bits_per_token = {n_bits / bits_per_token:g} for family "
-                             f"'bands' (one value per band of sign bits), got {num_perm!r}")
-        if not _is_int(l) or not 1 <= l <= num_perm:
-            raise ValueError(f"l (number of trees) must be an integer in [1, num_perm={num_perm}], got {l!r}")
-        if not _is_int(candidates_per_k) or candidates_per_k < 1:
-            raise ValueError(f"candidates_per_k must be a positive integer, got {candidates_per_k!r}")
-        if not _is_int(seed) or not 0 <= seed < 2**32:
-            raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
-        depth_bits = (num_perm // l) * bits_per_token if family == "bands" else n_bits
-        if not _is_int(probes) or not 1 <= probes <= depth_bits + 1:
-            raise ValueError(f"probes must be an integer in [1, {depth_bits + 1}] (1 + the sign bits a query can "
-                             f"flip), got {probes!r}")
-        self.n_bits, self.num_perm, self.l, self.bits_per_token = int(n_bits), int(num_perm), int(l), int(bits_per_token)
-        self.candidates_per_k, self.seed, self.family, self.probes = int(candidates_per_k), int(seed), family, int(probes)
+    PARAMS = ("trees", "branching", "depth", "candidates_per_k", "graph_k", "ef", "seed")
 
-    PARAMS = ("family", "n_bits", "num_perm", "l", "bits_per_token", "probes", "candidates_per_k", "seed")
+    def __init__(self, trees: int = 2, branching: int = 64, depth: int = 2, candidates_per_k: int = 300,
+                 graph_k: int = 14, ef: int = 40, seed: int = 1) -> None:  # defaults: DEFAULT_LSH
+        for name, value, low, high in (("trees", trees, 1, 64), ("branching", branching, 2, 1024),
+                                       ("depth", depth, 1, 4), ("candidates_per_k", candidates_per_k, 1, 1 << 20),
+                                       ("graph_k", graph_k, 0, 256), ("ef", ef, 0, 4096), ("seed", seed, 0, 2**32 - 1)):
+            if not _is_int(value) or not low <= value <= high:
+                raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+        if branching ** depth > 1 << 20:
+            raise ValueError(f"branching ** depth (leaves per tree) must be at most 2**20, got {branching}**{depth}")
+        if ef and not graph_k:
+            raise ValueError(f"ef must be 0 (no graph walk) when graph_k is 0, got {ef!r}")
+        self.trees, self.branching, self.depth = int(trees), int(branching), int(depth)
+        self.candidates_per_k, self.graph_k = int(candidates_per_k), int(graph_k)
+        self.ef, self.seed = int(ef), int(seed)
 
     def params(self) -> dict:
         """The constructor arguments, JSON-ready: LSHForestIndex(**index.params()) builds the same index."""
@@ -103,150 +81,202 @@ class LSHForestIndex:
     def __repr__(self) -> str:
         return "LSHForestIndex(" + ", ".join(f"{k}={v!r}" for k, v in self.params().items()) + ")"
 
-    def fit(self, anchors, center: bool = True) -> "LSHForestIndex":
+    def fit(self, anchors, center: bool = True, progress: Progress | None = None,
+            knn: np.ndarray | None = None) -> "LSHForestIndex":
+        """Build the trees, the forest and the kNN graph. knn (V, >= graph_k), optional: each anchor's
+        nearest other anchors, best first (e.g. the vocabulary map's cached kNN without its first,
+        self, column), which saves the all-pairs search."""
+        report = progress or (lambda fraction, message: None)
+        started = time.perf_counter()
         self.exact_ = ExactCosine().fit(anchors, center)
-        D = self.exact_.normed_.shape[1]
-        self.planes_ = np.random.default_rng(self.seed).standard_normal((D, self.n_bits)).astype(np.float32)
-        if self.family == "minhash":
-            a, b = MinHash(num_perm=self.num_perm, seed=self.seed).permutations  # (num_perm,) each, uint32
-            self.tables_ = self._byte_tables(a, b)  # (n_bits / 8, 256, num_perm)
-        sigs = self._signatures(self.exact_.normed_)  # (V, num_perm)
-        self.forest_ = MinHashLSHForest(num_perm=self.num_perm, l=self.l)
-        for key, hv in enumerate(sigs):
-            self.forest_.add(key, LeanMinHash(seed=self.seed, hashvalues=hv, scheme="affine32"))
-        self.forest_.index()
+        self.fingerprint_ = fingerprint(anchors)
+        seeds = np.random.SeedSequence(self.seed).generate_state(self.trees)
+        paths, cents = [], []
+        for t, s in enumerate(seeds):
+            report(t / (self.trees + 1), f"k-means tree {t + 1}/{self.trees}")
+            p, c = fit_tree(self.exact_.normed_, self.branching, self.depth, int(s))
+            paths.append(p), cents.append(c)
+        self.paths_, self.centroids_ = np.stack(paths, axis=1), np.stack(cents)  # (V, T, depth), (T, L, D)
+        k = min(self.graph_k, self.exact_.n_anchors - 1)
+        report(self.trees / (self.trees + 1), "kNN graph of the anchors")
+        if knn is not None and (np.shape(knn)[0] != self.exact_.n_anchors or np.shape(knn)[1] < k):
+            raise ValueError(f"knn must be ({self.exact_.n_anchors}, >= {k}) anchor ids, got shape {np.shape(knn)}")
+        if knn is None:
+            knn = self.exact_.kneighbors(k, include_self=False)[0] if k > 0 else np.zeros((len(self.paths_), 0))
+        self.graph_ = np.ascontiguousarray(knn[:, :k], dtype=np.int32)  # (V, graph_k)
+        self._index()
+        self.fit_seconds_ = time.perf_counter() - started
+        report(1.0, f"LSH forest ready ({self.fit_seconds_:.0f} s)")
         return self
 
-    def _byte_tables(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        bt = self.bits_per_token
-        per, mask = 8 // bt, (1 << bt) - 1  # tokens per byte, pattern mask
-        tokens = np.arange((self.n_bits // bt) << bt, dtype=np.uint32)  # token g * 2**b + pattern
-        permuted = _fmix32(tokens)[:, None] * a[None, :] + b[None, :]  # (n_tokens, num_perm), wraps mod 2**32
-        byte = np.arange(256)[:, None]  # (256, 1)
-        i = np.arange(per)[None, :]  # (1, per) token slot within the byte
-        return np.stack([permuted[((g * per + i) << bt) + ((byte >> (i * bt)) & mask)].min(axis=1)  # (256, P)
-                         for g in range(self.n_bits // 8)])  # (n_bits / 8, 256, num_perm)
+    def _index(self) -> None:
+        self.forest_ = MinHashLSHForest(num_perm=self.trees * self.depth, l=self.trees)
+        for key, hv in enumerate(self.paths_.reshape(len(self.paths_), -1).astype(np.uint32)):
+            self.forest_.add(key, LeanMinHash(seed=self.seed, hashvalues=hv, scheme="affine32"))
+        self.forest_.index()
+        # The forest's full-path entries are the leaves: read them once into arrays, leaf id t * L + leaf.
+        L = self.branching ** self.depth
+        self._leaf_keys = [np.zeros(0, np.int64)] * (self.trees * L)
+        for t, (sorted_ht, table) in enumerate(zip(self.forest_.sorted_hashtables, self.forest_.hashtables)):
+            for key in sorted_ht:
+                path = np.frombuffer(key, dtype=">u4")  # big-endian uint32 values, as the forest stores them
+                self._leaf_keys[t * L + int(leaf_numbers(path[None], self.branching)[0])] = np.array(table[key])
+        self._leaf_sizes = np.array([len(a) for a in self._leaf_keys])  # (T * L,)
+        self._cent_t = torch.from_numpy(self.centroids_.reshape(-1, self.centroids_.shape[-1]))  # (T * L, D)
 
-    def _band_values(self, tokens: np.ndarray) -> np.ndarray:
-        """Hash values of band tokens j * 2**b + pattern (any shape, uint32), seeded."""
-        return _fmix32(tokens.astype(np.uint32) ^ _fmix32(np.array([self.seed], np.uint32) + np.uint32(0x9E3779B9)))
-
-    def _band_tokens(self, bits: np.ndarray) -> np.ndarray:
-        """(N, n_bits) bool -> (N, num_perm) uint32 tokens j * 2**b + the pattern of band j."""
-        b = self.bits_per_token
-        pattern = (bits.reshape(len(bits), self.num_perm, b) << np.arange(b)).sum(axis=2)  # (N, num_perm)
-        return ((np.arange(self.num_perm) << b) + pattern).astype(np.uint32)
-
-    def _signatures(self, normed: np.ndarray) -> np.ndarray:
-        """Hash values of the sign bits of unit (centred) rows: (N, D) -> (N, num_perm) uint32."""
-        bits = (normed @ self.planes_) > 0  # (N, n_bits)
-        return self._bits_signatures(bits)
-
-    def _bits_signatures(self, bits: np.ndarray) -> np.ndarray:
-        if self.family == "bands":
-            return self._band_values(self._band_tokens(bits))
-        codes = np.packbits(bits, axis=1, bitorder="little")  # (N, n_bits / 8); bit i of byte g = bit 8g+i
-        out = self.tables_[0][codes[:, 0]].copy()  # (N, num_perm)
-        for g in range(1, codes.shape[1]):
-            np.minimum(out, self.tables_[g][codes[:, g]], out=out)
-        return out
-
-    def signatures(self, vectors) -> np.ndarray:
-        """Hash values (N, num_perm) uint32 of raw vectors (centred like the anchors)."""
-        return self._signatures(self.exact_.transform(vectors))
-
-    def query(self, vectors, k: int, candidates: int | None = None,
-              probes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def query(self, vectors, k: int, candidates: int | None = None, ef: int | None = None):
         """Approximate top-k: (indices (N, k) int64, sims (N, k) float32), best first.
 
-        candidates defaults to k * candidates_per_k, probes to the index's own. With candidates
-        >= the number of anchors every anchor is a candidate (the forest is skipped), so the
-        result is exact. If the forest returns fewer than k candidates the missing slots hold
-        index -1, sim -inf.
-        """
-        idx, sims, _ = self.query_stats(vectors, k, candidates, probes)
+        With candidates >= the number of anchors the result is exact (every anchor is scored).
+        Slots the search did not fill hold index -1, sim -inf."""
+        idx, sims, _ = self.query_stats(vectors, k, candidates, ef)
         return idx, sims
 
-    def query_stats(self, vectors, k: int, candidates: int | None = None,
-                    probes: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`query`, plus the number of candidates re-ranked for each vector (N,)."""
+    def query_stats(self, vectors, k: int, candidates: int | None = None, ef: int | None = None):
+        """`query`, plus the number of anchors scored by exact cosine for each vector (N,)."""
         V = self.exact_.n_anchors
         k = _check_k(k, V)
         c = k * self.candidates_per_k if candidates is None else _check_k(candidates, 1 << 31, "candidates")
-        p = self.probes if probes is None else probes
-        if not _is_int(p) or p < 1:
-            raise ValueError(f"probes must be a positive integer, got {p!r}")
+        ef = self.ef if ef is None else ef
+        if not _is_int(ef) or ef < 0 or (ef and not self.graph_.shape[1]):
+            raise ValueError(f"ef must be a non-negative integer, and 0 for an index without a graph, got {ef!r}")
         if c >= V:
             i, s = self.exact_.query(vectors, k)
             return i, s, np.full(len(i), V)
         q = self.exact_.transform(vectors)  # (N, D)
-        z = q @ self.planes_  # (N, n_bits)
-        qt = torch.from_numpy(q)  # (N, D)
-        idx = np.full((len(q), k), -1, np.int64)
-        sims = np.full((len(q), k), -np.inf, np.float32)
-        counts = np.zeros(len(q), np.int64)
+        parts = [self._search(q[s:s + QUERY_CHUNK], k, c, int(ef)) for s in range(0, len(q), QUERY_CHUNK)]
+        return tuple(np.concatenate(p) for p in zip(*parts))
+
+    def _search(self, q: np.ndarray, k: int, c: int, ef: int):
+        V, P = self.exact_.n_anchors, max(k, ef)
+        scores = (torch.from_numpy(q) @ self._cent_t.T).numpy()  # (n, T * L)
+        m = min(scores.shape[1], 2 * c * scores.shape[1] // V + 64)  # leaves enough for c candidates, mostly
+        order = _best_first(scores, m)  # (n, m) leaf ids, best first
+        seen = np.zeros((len(q), V), bool)
+        ids = np.full((len(q), P), -1, np.int64)
+        sims = np.full((len(q), P), -np.inf, np.float32)
         for r in range(len(q)):
-            cand = np.fromiter(self._candidates(z[r], c, p), dtype=np.int64)  # (c',)
-            s = (self.exact_._t[torch.from_numpy(cand)] @ qt[r]).numpy()  # (c',) torch gathers rows faster
-            top = np.argsort(-s, kind="stable")[:k]
-            idx[r, :len(top)], sims[r, :len(top)], counts[r] = cand[top], s[top], len(cand)
-        return idx, sims, counts
+            cand = self._candidates(order[r], c, seen[r])  # (c',) distinct anchor ids
+            if len(cand) < c and m < scores.shape[1]:  # the best m leaves were not enough: all leaves
+                cand = np.concatenate([cand, self._candidates(_best_first(scores[r:r + 1], scores.shape[1])[0][m:],
+                                                              c - len(cand), seen[r])])
+            s = np.einsum("cd,d->c", self.exact_.normed_[cand], q[r])  # (c',) single-threaded: no BLAS start-up
+            top = _best_first(s[None], P)[0]
+            ids[r, :len(top)], sims[r, :len(top)] = cand[top], s[top]
+        if ef:
+            ids, sims = self._walk(q, ids, sims, seen)
+        return ids[:, :k], sims[:, :k], seen.sum(axis=1)
 
-    def _candidates(self, z: np.ndarray, c: int, probes: int) -> dict:
-        """Up to c anchor ids from the forest for one query's projections z (n_bits,), as dict keys.
+    def _candidates(self, order: np.ndarray, c: int, seen: np.ndarray) -> np.ndarray:
+        """Up to c distinct anchor ids from the leaves in probe order (T * L,), marked in seen (V,).
 
-        Walks the forest's sorted prefix arrays exactly as `MinHashLSHForest.query` does (prefix
-        length from num_perm // l down to 1, trees in order), with bisect instead of its
-        Python binary search, and at each length also asks the probe prefixes.
-        """
-        f, found = self.forest_, {}
-        state = self._probe_state(z, probes)
-        for r in range(f.k, 0, -1):  # f.k: values per tree
-            for prefixes in self._probe_prefixes(z, r, probes, state):  # per probe: one prefix per tree
-                for hp, sorted_ht, table in zip(prefixes, f.sorted_hashtables, f.hashtables):
-                    i = bisect_left(sorted_ht, hp)
-                    while i < len(sorted_ht) and sorted_ht[i].startswith(hp):
-                        for key in table[sorted_ht[i]]:
-                            found[key] = None
-                            if len(found) >= c:
-                                return found
-                        i += 1
-        return found
+        Leaves are taken in blocks whose sizes add up to the ids still missing (an anchor met in
+        an earlier tree's leaf counts once), so the loop runs a few times, not once per leaf."""
+        sizes, got, start, out = self._leaf_sizes[order], 0, 0, []
+        while got < c and start < len(order):
+            stop = start + int(np.searchsorted(np.cumsum(sizes[start:]), c - got)) + 1
+            block = np.concatenate([self._leaf_keys[j] for j in order[start:stop]])
+            block = block[~seen[block]]
+            block = block[np.sort(np.unique(block, return_index=True)[1])][:c - got]  # first occurrences, in order
+            seen[block] = True
+            out.append(block)
+            got, start = got + len(block), stop
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
 
-    def _probe_state(self, z: np.ndarray, probes: int):
-        """What every prefix length's probes share: minhash, the probes' signatures as big-endian bytes."""
-        if self.family != "minhash":
-            return None
-        flips = np.argsort(np.abs(z), kind="stable")[:probes - 1]  # least confident first
-        many = np.repeat((z > 0)[None], len(flips) + 1, axis=0)  # (P, n_bits)
-        many[np.arange(1, len(flips) + 1), flips] ^= True
-        return [sig.byteswap().tobytes() for sig in self._bits_signatures(many)]
+    def _walk(self, q: np.ndarray, ids: np.ndarray, sims: np.ndarray, seen: np.ndarray):
+        """Best-first walk on the kNN graph for all rows at once; ids/sims (n, P) sorted, best first."""
+        n, P = ids.shape
+        done = np.zeros((n, P), bool)
+        for _ in range(2 * P // WALK_WIDTH):
+            open_ = ~done & (ids >= 0)
+            rows = np.flatnonzero(open_.any(axis=1))
+            if not len(rows):
+                break
+            pos = np.argsort(~open_[rows], axis=1, kind="stable")[:, :WALK_WIDTH]  # (m, W) best open slots
+            ok = np.take_along_axis(open_[rows], pos, 1)  # (m, W)
+            done[rows[:, None], pos] |= ok
+            picked = np.take_along_axis(ids[rows], pos, 1)  # (m, W)
+            nb = np.where(ok[..., None], self.graph_[np.maximum(picked, 0)], -1).reshape(len(rows), -1)  # (m, W*g)
+            nb = np.sort(nb, axis=1)
+            r = np.repeat(rows, nb.shape[1]).reshape(nb.shape)  # (m, W*g)
+            new = nb >= 0
+            new[:, 1:] &= nb[:, 1:] != nb[:, :-1]  # a neighbour of two picked anchors counts once
+            new &= ~seen[r, np.maximum(nb, 0)]
+            seen[r[new], nb[new]] = True
+            s = np.full(nb.shape, -np.inf, np.float32)  # (m, W*g): only new anchors are scored
+            s[new] = np.einsum("nd,nd->n", self.exact_.normed_[nb[new]], q[r[new]])
+            all_ids = np.concatenate([ids[rows], np.where(new, nb, -1)], axis=1)
+            all_sims = np.concatenate([sims[rows], s], axis=1)
+            all_done = np.concatenate([done[rows], np.zeros(nb.shape, bool)], axis=1)
+            keep = np.argsort(-all_sims, axis=1, kind="stable")[:, :P]
+            ids[rows] = np.take_along_axis(all_ids, keep, 1)
+            sims[rows] = np.take_along_axis(all_sims, keep, 1)
+            done[rows] = np.take_along_axis(all_done, keep, 1)
+        return ids, sims
 
-    def _probe_prefixes(self, z: np.ndarray, r: int, probes: int, state):
-        """Yield, for the query and each perturbed probe, the l tree prefixes of r values (bytes)."""
-        d, l = self.forest_.k, self.l
-        bits = z > 0  # (n_bits,)
-        if self.family == "minhash":
-            for sig in state:
-                yield [sig[4 * t * d: 4 * (t * d + r)] for t in range(l)]
-            return
-        b = self.bits_per_token
-        tokens = self._band_tokens(bits[None])[0]  # (num_perm,)
-        base = self._band_values(tokens).byteswap().tobytes()
-        prefixes = [base[4 * t * d: 4 * (t * d + r)] for t in range(l)]
-        yield prefixes
-        if probes == 1:
-            return
-        conf = np.abs(z[:l * d * b]).reshape(l, d * b)[:, :r * b]  # (l, r*b) the bits these prefixes cover
-        order = np.argsort(conf, axis=1, kind="stable")[:, :probes - 1]  # (l, P-1) within-tree bit positions
-        band = order // b + (np.arange(l) * d)[:, None]  # (l, P-1) global band index
-        flipped = self._band_values(tokens[band] ^ (1 << (order % b)).astype(np.uint32)).byteswap()  # (l, P-1)
-        for p in range(order.shape[1]):
-            out = []
-            for t in range(l):
-                pos = 4 * (order[t, p] // b)
-                out.append(prefixes[t][:pos] + flipped[t, p].tobytes() + prefixes[t][pos + 4:])
-            yield out
+    def save(self, folder) -> Path:
+        """Write paths.npy, centroids.npy, graph.npy and meta.json (last, with the parameters) into folder."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "meta.json").unlink(missing_ok=True)  # a half-written cache never looks valid
+        for name in ("paths", "centroids", "graph"):
+            np.save(folder / f"{name}.npy", getattr(self, f"{name}_"), allow_pickle=False)
+        V, D = self.exact_.normed_.shape
+        write_json_atomic(folder / "meta.json", {
+            "version": CACHE_VERSION, "params": self.params(), "center": self.exact_.center_,
+            "anchors_shape": [V, D], "fingerprint": self.fingerprint_, "fit_seconds": round(self.fit_seconds_, 2)})
+        return folder
+
+    @classmethod
+    def load(cls, folder, anchors) -> "LSHForestIndex":
+        """The index cached in folder; ValueError when it is missing, stale or built for other anchors."""
+        folder, a = Path(folder), _as_matrix(anchors, "anchors")
+        meta = read_json(folder / "meta.json")
+        if not meta or meta.get("version") != CACHE_VERSION:
+            raise ValueError(f"no usable LSH forest cache in {folder}")
+        if meta["anchors_shape"] != list(a.shape) or meta["fingerprint"] != fingerprint(a):
+            raise ValueError(f"LSH forest cache in {folder} was built for other anchors ({meta['anchors_shape']})")
+        index = cls.from_params(meta["params"])
+        index.exact_ = ExactCosine().fit(a, meta["center"])
+        index.fingerprint_, index.fit_seconds_ = meta["fingerprint"], meta["fit_seconds"]
+        T, L = index.trees, index.branching ** index.depth
+        shapes = {"paths": (len(a), T, index.depth), "centroids": (T, L, a.shape[1]),
+                  "graph": (len(a), min(index.graph_k, len(a) - 1))}
+        for name, shape in shapes.items():
+            arr = np.load(folder / f"{name}.npy", allow_pickle=False)
+            if arr.shape != shape:
+                raise ValueError(f"{name}.npy in {folder} has shape {arr.shape}, expected {shape}")
+            setattr(index, f"{name}_", arr)
+        index._index()
+        return index
+
+
+def load_or_fit(folder, anchors, params: dict, center: bool = True, progress: Progress | None = None,
+                knn: np.ndarray | None = None) -> LSHForestIndex:
+    """The index cached in folder/lsh-<parameters> if it matches these anchors, else a fresh fit
+    (knn as in `LSHForestIndex.fit`), saved there."""
+    index = LSHForestIndex.from_params(params)
+    name = "lsh-" + "-".join(f"{k}{v}" for k, v in index.params().items()) + ("" if center else "-raw")
+    where = Path(folder) / name
+    try:
+        cached = LSHForestIndex.load(where, anchors)
+        if cached.exact_.center_ == bool(center):
+            if progress:
+                progress(1.0, "LSH forest loaded from cache")
+            return cached
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    index.fit(anchors, center, progress, knn)
+    index.save(where)
+    return index
+
+
+def _best_first(scores: np.ndarray, m: int) -> np.ndarray:
+    """Column ids of the m highest scores of each row (n, C), highest first -> (n, min(m, C))."""
+    if m < scores.shape[1]:
+        part = np.argpartition(-scores, m - 1, axis=1)[:, :m]
+        return np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable"), 1)
+    return np.argsort(-scores, axis=1, kind="stable")
 
 
 def _is_int(x) -> bool:
