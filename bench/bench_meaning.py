@@ -4,6 +4,11 @@ virtual token's importance (replaced by the vocabulary mean), on the first 32 va
 Target: projection score + importance of a 20-token prompt on 32 examples <= 30 s on 2 cores.
 Uses the newest finished run of a task in WORKBENCH_HOME (default task: sentiment).
 Writes bench-results/meaning.json.
+
+Wall-clock times grow with the machine's load. To tell a slow method from a busy machine, a
+reference forward pass (the base model on 8 x 80 tokens, as bench_train_step.py's forward_s) is
+timed before and after; its ratio to the recorded forward_s in bench-results/train_step.json is
+reported as `slowdown`, and the total divided by it as an estimate at the recorded speed.
 """
 from __future__ import annotations
 
@@ -15,13 +20,26 @@ from pathlib import Path
 
 import torch
 
-from common import load_model  # noqa: E402 (common puts the repo on sys.path)
+from common import load_model, timed  # noqa: E402 (common puts the repo on sys.path)
 from core.explore.meaning import (project, projection_scores, run_vectors, shorter_prompt_loglik,  # noqa: E402
                                   token_importance, top_k_tokens)
 from core.explore.neighbors import ExactCosine  # noqa: E402
 from core.generate.generator import Generator  # noqa: E402
 from core.model.loading import embedding_matrix  # noqa: E402
 from core.store.runs import list_runs, newest_finished  # noqa: E402
+
+
+RESULTS = Path(__file__).resolve().parent.parent / "bench-results"
+
+
+def reference_forward(model) -> float:
+    """Median seconds of the base model's forward on 8 x 80 tokens (bench_train_step.py's forward_s)."""
+    ids = torch.randint(1000, 20000, (8, 80), generator=torch.Generator().manual_seed(0))
+
+    def forward():
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    return timed(forward, reps=3, warmup=1)
 
 
 def main() -> None:
@@ -44,7 +62,8 @@ def main() -> None:
     index = ExactCosine().fit(emb)
     gen = Generator(lm.model, lm.tokenizer, max_input_tokens=run.config().max_input_tokens)
     setup = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    before = reference_forward(lm.model)
+    t0, cpu0 = time.perf_counter(), time.process_time()
     proj = project(vectors, index, emb, lm.tokenizer)
     t_proj = time.perf_counter() - t0
     scores = projection_scores(gen, run_id, proj, a.n)
@@ -53,13 +72,21 @@ def main() -> None:
     t0 = time.perf_counter()
     short = shorter_prompt_loglik(gen, run_id, vectors, keep, a.n)
     t_short = time.perf_counter() - t0
-    total = t_proj + scores["seconds"] + imp["seconds"]
+    total, cpu = t_proj + scores["seconds"] + imp["seconds"], time.process_time() - cpu0
+    reference = (reference_forward(lm.model) + before) / 2
+    recorded = json.loads((RESULTS / "train_step.json").read_text())["forward_s"] \
+        if (RESULTS / "train_step.json").exists() else None
+    slowdown = reference / recorded if recorded else None
     load = os.getloadavg()
     out = {"run": run_id, "virtual_tokens": len(vectors), "examples": a.n, "threads": torch.get_num_threads(),
            "load_average_1_5_15": [round(x, 2) for x in load],
            "setup_s (model, index)": round(setup, 2), "projection_s": round(t_proj, 3),
            "scores_s (soft + projected, generate + loglik)": round(scores["seconds"], 2),
            "importance_s": round(imp["seconds"], 2), "total_s": round(total, 2), "target_s": 30,
+           "process_cpu_s (all threads, whole measurement)": round(cpu, 1),
+           "reference_forward_s": round(reference, 3), "recorded_forward_s": recorded,
+           "slowdown": round(slowdown, 2) if slowdown else None,
+           "total_s_at_recorded_speed (estimate)": round(total / slowdown, 1) if slowdown else None,
            "shorter_prompt_s": round(t_short, 2),
            "metric": scores["metric"], "soft": scores["soft"], "projected": scores["projected"], "gap": scores["gap"],
            "soft_loglik": scores["soft_loglik"], "projected_loglik": scores["projected_loglik"],
@@ -67,9 +94,8 @@ def main() -> None:
            "importance_mean": [round(float(x), 4) for x in imp["mean"]],
            "importance_remove": [round(float(x), 4) for x in imp["remove"]] if a.remove else None,
            "shorter_prompt_tokens": keep, "shorter_prompt_loglik": short}
-    folder = Path(__file__).resolve().parent.parent / "bench-results"
-    folder.mkdir(exist_ok=True)
-    (folder / "meaning.json").write_text(json.dumps(out, indent=2))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "meaning.json").write_text(json.dumps(out, indent=2))
     for k, v in out.items():
         print(f"{k}: {v}")
 

@@ -8,13 +8,17 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.errors import WorkbenchError
-from core.explore.meaning import (PREFIX_NOTE, importance_table, project, projection_scores, shorter_prompt_loglik,
-                                  similarity_frames, token_importance, top_k_tokens)
+from core.explore.meaning import (PREFIX_NOTE, importance_table, project, projected_system, projection_scores,
+                                  run_vectors, shorter_prompt_loglik, similarity_frames, token_importance,
+                                  top_k_tokens)
 from core.explore.neighbors import nearest_tokens
 from core.model.loading import embedding_matrix
 from workbench.state import base_model, generator, vocab_index
 
 RESULTS_KEY = "meaning_results"  # session state: (run, n, modes) -> scores and importance
+PROJECTED_HELP = ("Each picked run's virtual tokens replaced by their nearest vocabulary tokens, run as a hard prompt "
+                  "in the run's own format (Explore > Meaning): does the prompt mean what its nearest words say? "
+                  "Off by default: one more system to generate per run.")
 WAYWARD_HELP = ("Khashabi et al. 2022 ('Prompt Waywardness'): a soft prompt can keep its score while its nearest "
                 "tokens say something unrelated. A large gap means the words below are not what the prompt does.")
 
@@ -23,8 +27,21 @@ def _key(run_id: str, n: int, modes: tuple, vectors: np.ndarray) -> tuple:
     return run_id, n, modes, hash(vectors.tobytes())
 
 
-def _embeddings(model: str) -> np.ndarray:
-    return embedding_matrix(base_model(model).model).numpy()
+def projection_of(model: str, vectors: np.ndarray):
+    """A prompt's projection onto the model's whole vocabulary (exact cosine)."""
+    lm = base_model(model)
+    return project(vectors, vocab_index(model), embedding_matrix(lm.model).numpy(), lm.tokenizer)
+
+
+def projected_systems(model: str, run_ids: list[str]) -> list:
+    """Each run's projected prompt as a system (Compare); a prefix-tuning run has none: a note says so."""
+    out = []
+    for rid in run_ids:
+        try:
+            out.append(projected_system(rid, projection_of(model, run_vectors(rid)[1])))
+        except WorkbenchError as e:
+            st.caption(str(e))
+    return out
 
 
 def _measure(model: str, run_id: str, vectors: np.ndarray, projection, n: int, modes: tuple) -> dict:
@@ -52,9 +69,8 @@ def importance_figure(frame, column: str) -> go.Figure:
 
 def run_meaning(model: str, run_id: str, vectors: np.ndarray) -> None:
     """The projected prompt, its score against the soft prompt's, token importance and a shorter prompt."""
-    lm, index = base_model(model), vocab_index(model)
-    projection = project(vectors, index, _embeddings(model), lm.tokenizer)
-    near = [r["nearest"] for r in nearest_tokens(vectors, index, lm.tokenizer, 3)]
+    projection = projection_of(model, vectors)
+    near = [r["nearest"] for r in nearest_tokens(vectors, vocab_index(model), base_model(model).tokenizer, 3)]
     st.markdown("**Projected prompt**: each virtual token replaced by its nearest vocabulary token (exact cosine, "
                 "mean-centred embeddings), run as a hard prompt where the virtual tokens were.")
     st.code(projection.text or "(empty)", language=None)
