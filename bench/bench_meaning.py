@@ -7,8 +7,9 @@ Writes bench-results/meaning.json.
 
 Wall-clock times grow with the machine's load. To tell a slow method from a busy machine, a
 reference forward pass (the base model on 8 x 80 tokens, as bench_train_step.py's forward_s) is
-timed before and after; its ratio to the recorded forward_s in bench-results/train_step.json is
-reported as `slowdown`, and the total divided by it as an estimate at the recorded speed.
+timed before, between and after the two measured phases; its ratio to the recorded forward_s in
+bench-results/train_step.json is each phase's `slowdown` (the mean of the two around it), and the
+sum of the phases divided by their slowdowns is reported as an estimate at the recorded speed.
 """
 from __future__ import annotations
 
@@ -32,14 +33,14 @@ from core.store.runs import list_runs, newest_finished  # noqa: E402
 RESULTS = Path(__file__).resolve().parent.parent / "bench-results"
 
 
-def reference_forward(model) -> float:
+def reference_forward(model, reps: int = 2) -> float:
     """Median seconds of the base model's forward on 8 x 80 tokens (bench_train_step.py's forward_s)."""
     ids = torch.randint(1000, 20000, (8, 80), generator=torch.Generator().manual_seed(0))
 
     def forward():
         with torch.no_grad():
             model(input_ids=ids, attention_mask=torch.ones_like(ids))
-    return timed(forward, reps=3, warmup=1)
+    return timed(forward, reps=reps, warmup=0)
 
 
 def main() -> None:
@@ -67,16 +68,18 @@ def main() -> None:
     proj = project(vectors, index, emb, lm.tokenizer)
     t_proj = time.perf_counter() - t0
     scores = projection_scores(gen, run_id, proj, a.n)
+    between = reference_forward(lm.model)
     imp = token_importance(gen, run_id, vectors, index.mean_, a.n, ("mean", "remove") if a.remove else ("mean",))
     keep = top_k_tokens(imp["mean"], max(1, len(vectors) // 2))
     t0 = time.perf_counter()
     short = shorter_prompt_loglik(gen, run_id, vectors, keep, a.n)
     t_short = time.perf_counter() - t0
     total, cpu = t_proj + scores["seconds"] + imp["seconds"], time.process_time() - cpu0
-    reference = (reference_forward(lm.model) + before) / 2
+    after = reference_forward(lm.model)
     recorded = json.loads((RESULTS / "train_step.json").read_text())["forward_s"] \
         if (RESULTS / "train_step.json").exists() else None
-    slowdown = reference / recorded if recorded else None
+    slow = [(before + between) / 2 / recorded, (between + after) / 2 / recorded] if recorded else None
+    estimate = (t_proj + scores["seconds"]) / slow[0] + imp["seconds"] / slow[1] if slow else None
     load = os.getloadavg()
     out = {"run": run_id, "virtual_tokens": len(vectors), "examples": a.n, "threads": torch.get_num_threads(),
            "load_average_1_5_15": [round(x, 2) for x in load],
@@ -84,9 +87,9 @@ def main() -> None:
            "scores_s (soft + projected, generate + loglik)": round(scores["seconds"], 2),
            "importance_s": round(imp["seconds"], 2), "total_s": round(total, 2), "target_s": 30,
            "process_cpu_s (all threads, whole measurement)": round(cpu, 1),
-           "reference_forward_s": round(reference, 3), "recorded_forward_s": recorded,
-           "slowdown": round(slowdown, 2) if slowdown else None,
-           "total_s_at_recorded_speed (estimate)": round(total / slowdown, 1) if slowdown else None,
+           "reference_forward_s (before, between, after)": [round(x, 3) for x in (before, between, after)],
+           "recorded_forward_s": recorded, "slowdown (scores, importance)": [round(x, 1) for x in slow or []],
+           "total_s_at_recorded_speed (estimate)": round(estimate, 1) if estimate else None,
            "shorter_prompt_s": round(t_short, 2),
            "metric": scores["metric"], "soft": scores["soft"], "projected": scores["projected"], "gap": scores["gap"],
            "soft_loglik": scores["soft_loglik"], "projected_loglik": scores["projected_loglik"],

@@ -88,7 +88,7 @@ def run_meaning(model: str, run_id: str, vectors: np.ndarray) -> None:
     if not c3.button("Score and measure", type="primary", key="mean_go") and \
             _key(run_id, int(n), modes, vectors) not in st.session_state.get(RESULTS_KEY, {}):
         st.caption("Scores the soft and the projected prompt on the task's metric and measures each token's "
-                   "importance (about 30 s for 20 tokens on 32 examples with 2 idle cores).")
+                   "importance (20 tokens on 32 examples: about 16 s on 2 idle cores, estimated, docs/performance.md).")
         return
     try:
         found = _measure(model, run_id, vectors, projection, int(n), modes)
