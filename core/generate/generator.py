@@ -1,7 +1,7 @@
 """Batched, KV-cached generation for every system of a comparison, on one frozen base model.
 
-A system is the bare model, a hard prompt (a template around `{input}`) or a soft prompt (a
-PEFT adapter folder). Rows of a batch that belong to one system share a prefix: the soft
+A system is the bare model, a hard prompt (a template around `{input}`, optionally after token
+ids in the virtual tokens' place) or a soft prompt (a PEFT adapter folder, or vectors in memory). Rows of a batch that belong to one system share a prefix: the soft
 prompt's virtual tokens plus the longest run of prompt tokens common to those rows (the chat
 template's head and the template text before `{input}`). That prefix's key/value cache is
 computed once (batch 1) and reused for every row and every batch, instead of once per row.
