@@ -25,6 +25,7 @@ class Init(str, enum.Enum):
     SAMPLE_VOCAB = "sample-vocab"
     TEXT = "text"
     CLASS_LABEL = "class-label"
+    RUN = "run"
 
 
 class EncoderType(str, enum.Enum):
@@ -82,7 +83,11 @@ class TuneConfig:
     # method
     method: Method = _f(Method.PROMPT_TUNING, "Soft-prompt method (all through PEFT).")
     num_virtual_tokens: int = _f(20, "Number of virtual (soft) tokens.", min=1, max=512)
-    init: Init = _f(Init.SAMPLE_VOCAB, "Prompt-tuning init: random vectors, vocabulary sample, text, or class labels.")
+    init: Init = _f(Init.SAMPLE_VOCAB, "Prompt-tuning init: random vectors, vocabulary sample, text, class labels, "
+                    "or an earlier run's prompt (run).")
+    init_run: Optional[str] = _f(None, "Run whose trained prompt starts this one (init=run): a finished "
+                                 "prompt-tuning run on the same model. A longer new prompt keeps all its tokens and "
+                                 "fills the rest as sample-vocab does; a shorter one keeps its first tokens.")
     init_text: Optional[str] = _f(None, "Text whose token embeddings start the prompt (init=text).")
     sample_vocab_top_k: int = _f(5000, "Sample init tokens from the k most frequent tokens (BPE merge rank).", min=1)
     label_words: list = _f([], "Label words whose embeddings start the prompt (init=class-label).")
@@ -154,6 +159,14 @@ class TuneConfig:
             errors["init_text"] = "init=text needs init_text: the words whose embeddings start the prompt."
         if self.init == Init.CLASS_LABEL and not [w for w in self.label_words if str(w).strip()]:
             errors["label_words"] = "init=class-label needs label_words, e.g. positive, negative."
+        if self.init == Init.RUN and not (self.init_run or "").strip():
+            errors["init_run"] = "init=run needs init_run: the id of a finished prompt-tuning run on the same model."
+        elif self.init == Init.RUN and self.method != Method.PROMPT_TUNING:
+            errors["init"] = (f"init=run starts prompt tuning only, not {getattr(self.method, 'value', self.method)}: "
+                              "a saved P-tuning or prefix adapter holds the encoder's output, not its weights.")
+        elif self.init_run and self.init != Init.RUN:
+            errors["init_run"] = (f"{self.init_run!r} is set but init is {getattr(self.init, 'value', self.init)!r}: "
+                                  "set init to run to start from it, or clear init_run.")
         if not (self.model or "").strip():
             errors["model"] = f"is empty: use the bundled model {_DEFAULT_MODEL!r} or give a model folder."
         if not (self.task or "").strip():

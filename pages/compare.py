@@ -10,6 +10,7 @@ from core.errors import WorkbenchError
 from core.store.runs import FINISHED, list_runs, newest_finished
 from core.tasks import BUILTIN, guess_columns, load_records, load_task, peek, save_upload
 from workbench.compare_view import render_metrics, render_robustness, render_rows
+from workbench.meaning_view import PROJECTED_HELP, projected_systems
 from workbench.rating_view import render_rating
 from workbench.state import generator, sentence_embedder
 
@@ -83,11 +84,13 @@ picked = c1.multiselect("Soft prompts (trained runs)", list(runs), key="cmp_runs
 if other := [r for r in picked if runs[r]["task"] != task.spec.name]:
     c1.warning(f"{', '.join(other)} was trained on another task; it is compared on {task.spec.name} inputs as is.")
 shots = c2.slider("Few-shot examples (0 = none)", 0, 8, 3, key="cmp_shots")
+projected = c1.checkbox("Also each run's projected prompt", key="cmp_projected", help=PROJECTED_HELP)
 template = st.text_area("Hard prompt template (edit to add a second hard prompt)", task.spec.hard_prompt,
                         key=f"cmp_template_{task.spec.name}", height=90)
 decoding = Decoding(int(max_new), float(temperature), float(top_p), int(seed), bool(one_line))
 try:
-    systems = [soft_system(r, model) for r in picked] + hard_systems(task, prompt_format, shots, template)
+    systems = [soft_system(r, model) for r in picked] + (projected_systems(model, picked) if projected else []) \
+        + hard_systems(task, prompt_format, shots, template)
 except WorkbenchError as e:
     st.error(str(e))
     st.stop()

@@ -9,6 +9,7 @@ from core.store.runs import Run, list_runs
 from core.explore.vocabgraph import prompt_points
 from workbench.explore_view import (GRAPHISTRY_HELP, P_TUNING_NOTE, PREFIX_MESSAGE, graph_figure, labels,
                                     lsh_forest, lsh_settings, map_figure, run_colors, token_norm, vocab_map)
+from workbench.meaning_view import meaning_tab
 from workbench.state import base_model
 
 st.title("Explore prompt tokens")
@@ -61,7 +62,8 @@ if ptuning:
 colors = run_colors([s.run_id for s, _ in placed])
 label_colors = {s.label: colors[s.run_id] for s, _ in placed}
 
-tab_map, tab_graph, tab_nn = st.tabs(["Map", "Graph", "Neighbours"], key="exp_view", on_change="rerun")
+tab_map, tab_graph, tab_nn, tab_meaning = st.tabs(["Map", "Graph", "Neighbours", "Meaning"], key="exp_view",
+                                                  on_change="rerun")
 if tab_map.open:
     with tab_map:
         found = search_tokens(query, lm.tokenizer, names) if query else []
@@ -134,3 +136,7 @@ if tab_nn.open:
                        f"Index: {forest!r}, {cand} candidates per virtual token.")
             floats = {c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if table[c].dtype == float}
             st.dataframe(table, hide_index=True, width="stretch", column_config=floats, key="exp_table")
+
+if tab_meaning.open:
+    with tab_meaning:
+        meaning_tab(model, vectors, {s.label: s.run_id for s, _ in placed if s.step is None}, prefix)

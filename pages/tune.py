@@ -5,7 +5,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.config import Init
 from core.store import jobs
+from core.store.runs import init_runs, list_runs
 from core.model.device import resolve_device
 from core.model.loading import DEFAULT_MODEL, model_is_seq2seq, resolve_model_dir
 from core.errors import WorkbenchError
@@ -82,7 +84,10 @@ values["method"] = field_widget("method", c1)
 values["num_virtual_tokens"] = field_widget("num_virtual_tokens", c2, "Virtual tokens")
 values["prompt_format"] = "plain" if seq2seq else field_widget("prompt_format", c3)  # chat: causal LMs only
 if values["method"] == "prompt-tuning":
-    values["init"] = field_widget("init", c1)
+    starts = init_runs(list_runs(), values["model"])  # finished prompt-tuning runs of this model: "from a run"
+    values["init"] = field_widget("init", c1, options=[i.value for i in Init if i != Init.RUN or starts])
+    if values["init"] == "run":
+        values["init_run"] = field_widget("init_run", c2, "Start from run", options=starts)
     if values["init"] == "text":
         values["init_text"] = field_widget("init_text", c2)
     if values["init"] in ("sample-vocab", "class-label"):

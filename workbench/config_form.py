@@ -58,10 +58,12 @@ def apply_defaults(task: str | None, form: str = "cfg") -> None:
         st.session_state[key(name, form)] = widget_value(name, getattr(cfg, name))
 
 
-def field_widget(name: str, container=st, label: str | None = None, task: str | None = None, form: str = "cfg"):
+def field_widget(name: str, container=st, label: str | None = None, task: str | None = None, form: str = "cfg",
+                 options: list | None = None):
     """Render the widget for one config field and return its raw value. A field starts at the
     task's tuned default (general default without a task) and keeps what the user sets. Messages
-    under the fields are the Tune form's (ERRORS_KEY); other forms report their own."""
+    under the fields are the Tune form's (ERRORS_KEY); other forms report their own. `options`
+    limits a choice field (an enum, or a text field drawn as a select box) to those values."""
     f = FIELDS[name]
     k = key(name, form)
     label = label or name.replace("_", " ").capitalize()
@@ -69,7 +71,11 @@ def field_widget(name: str, container=st, label: str | None = None, task: str | 
     if k not in st.session_state:
         st.session_state[k] = widget_value(name, getattr(start_config(task), name))
     default = getattr(DEFAULTS, name)
-    if name in _ENUMS:
+    if options is not None:
+        if st.session_state[k] not in options:  # a choice no longer offered: back to the first one
+            st.session_state[k] = options[0]
+        value = container.selectbox(label, options, help=help_, key=k)
+    elif name in _ENUMS:
         value = container.selectbox(label, [e.value for e in _ENUMS[name]], help=help_, key=k)
     elif isinstance(default, bool):
         value = container.checkbox(label, help=help_, key=k)

@@ -66,8 +66,18 @@ def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def system_fields(s: System) -> dict:
+    """A system as stored with a comparison: token-id prefixes only when there is one (so that keys of
+    comparisons stored before they existed stay the same); in-memory prompts are never stored."""
+    out = dataclasses.asdict(s)
+    del out["vectors"]
+    if not out["prefix_ids"]:
+        del out["prefix_ids"]
+    return out
+
+
 def cache_key(spec: CompareSpec, model: str, max_input_tokens: int | None = None) -> str:
-    systems = [{**dataclasses.asdict(s), "adapter": _file_hash(Path(s.adapter_dir) / "adapter_model.safetensors")
+    systems = [{**system_fields(s), "adapter": _file_hash(Path(s.adapter_dir) / "adapter_model.safetensors")
                 if s.adapter_dir else None} for s in spec.systems]
     blob = json.dumps({"model": model, "systems": systems, "inputs": spec.inputs,
                        "decoding": dataclasses.asdict(spec.decoding), "kind": spec.kind,
@@ -116,7 +126,7 @@ def run_comparison(gen: Generator, spec: CompareSpec, model: str, embedder=None,
             summary += [{"system": s.name, **row} for row in summarize(per)]
     result = {"key": key, "model": model, "created": time.time(), "seconds": time.time() - t0,
               "decoding": dataclasses.asdict(spec.decoding), "kind": spec.kind, "main_metric": spec.main_metric,
-              "systems": [dataclasses.asdict(s) for s in spec.systems], "inputs": spec.inputs,
+              "systems": [system_fields(s) for s in spec.systems], "inputs": spec.inputs,
               "outputs": outputs, "scores": scores, "summary": summary}
     write_json_atomic(_folder() / f"{key}.json", result)
     if progress:

@@ -1,7 +1,7 @@
 """Batched, KV-cached generation for every system of a comparison, on one frozen base model.
 
-A system is the bare model, a hard prompt (a template around `{input}`) or a soft prompt (a
-PEFT adapter folder). Rows of a batch that belong to one system share a prefix: the soft
+A system is the bare model, a hard prompt (a template around `{input}`, optionally after token
+ids in the virtual tokens' place) or a soft prompt (a PEFT adapter folder, or vectors in memory). Rows of a batch that belong to one system share a prefix: the soft
 prompt's virtual tokens plus the longest run of prompt tokens common to those rows (the chat
 template's head and the template text before `{input}`). That prefix's key/value cache is
 computed once (batch 1) and reused for every row and every batch, instead of once per row.
@@ -17,9 +17,10 @@ Encoder-decoder models (T5) take the same calls; core/generate/seq2seq.py serves
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from transformers import DynamicCache
@@ -40,6 +41,8 @@ class System:
     template: str = "{input}"
     prompt_format: str = "chat"
     adapter_dir: str | None = None  # a soft prompt: PEFT adapter folder
+    prefix_ids: tuple = ()  # a hard prompt as token ids, where a soft prompt's virtual tokens go (first)
+    vectors: Any = field(default=None, repr=False, compare=False)  # virtual tokens (N, D) in memory, no file
 
 
 @dataclass
@@ -75,6 +78,10 @@ class Generator:
         return Formatter(self.tokenizer, system.prompt_format, system.template, self.max_input_tokens,
                          seq2seq=self.seq2seq)
 
+    def prompt_ids(self, system: System, text: str) -> list[int]:
+        """The system's prefix ids (if any), then the formatted input's ids."""
+        return list(system.prefix_ids) + self.formatter(system).prompt_ids(text)
+
     # ---- prefixes -------------------------------------------------------------------------
     def _soft_prompt(self, adapter_dir: str):
         """('embeds', (1, N, D)) or ('kv', KV with N positions) for an adapter folder, cached
@@ -99,8 +106,11 @@ class Generator:
     @torch.no_grad()
     def prefix(self, system: System, ids: tuple[int, ...]) -> _Prefix:
         """Key/value cache of a system's shared prefix (virtual tokens + `ids`), computed once."""
-        soft = self._soft_prompt(system.adapter_dir) if system.adapter_dir else None
-        key = (system.adapter_dir, ids)
+        soft, key = self._soft_prompt(system.adapter_dir) if system.adapter_dir else None, (system.adapter_dir, ids)
+        if system.vectors is not None:  # (N, D) input-space vectors held in memory: keyed by their content
+            t = torch.as_tensor(system.vectors, dtype=torch.float32).contiguous()  # (N, D)
+            soft = ("embeds", t.to(self.model.dtype)[None])
+            key = ("mem:" + hashlib.blake2b(t.numpy().tobytes(), digest_size=16).hexdigest(), ids)
         if key in self._prefix:
             return self._prefix[key]
         ids_t = torch.tensor([ids], dtype=torch.long)  # (1, L)
@@ -121,12 +131,16 @@ class Generator:
         self._prefix[key] = _Prefix(kv or [], length)
         return self._prefix[key]
 
+    def forget_memory_prompts(self) -> None:
+        """Drop the prefix caches of in-memory prompts (System.vectors): probes, each used once."""
+        self._prefix = {k: v for k, v in self._prefix.items() if not str(k[0]).startswith("mem:")}
+
     # ---- generation ---------------------------------------------------------------------
     @on_model_device
     def generate(self, rows: list[tuple[System, str]], decoding: Decoding = Decoding(),
                  progress: Callable[[int, int], None] | None = None) -> list[str]:
         """One output text per (system, input) row, in order."""
-        encoded = [(s, self.formatter(s).prompt_ids(x)) for s, x in rows]
+        encoded = [(s, self.prompt_ids(s, x)) for s, x in rows]
         order = sorted(range(len(rows)), key=lambda i: (rows[i][0].name, len(encoded[i][1])))
         run = self._generate_batch
         if self.seq2seq:
@@ -219,29 +233,32 @@ class Generator:
     @on_model_device
     @torch.no_grad()
     def log_likelihood(self, rows: list[tuple[System, str, str]]) -> list[float]:
-        """Mean log-probability per token of each reference (target + end marker) under each system."""
+        """Mean log-probability per token of each reference (target + end marker) under each system.
+
+        Each row runs from its system's prefix (the token run all its rows share, cached once);
+        rows of all systems are batched by the length of what follows, so batches carry little padding."""
         if self.seq2seq:
             from core.generate import seq2seq
             return seq2seq.log_likelihood(self, rows)
-        out = [0.0] * len(rows)
-        order = sorted(range(len(rows)), key=lambda i: rows[i][0].name)
+        out, seqs, targets, heads = [0.0] * len(rows), [], [], {}
+        for system, x, target in rows:
+            t = self.formatter(system).target_ids(target)
+            seqs.append(self.prompt_ids(system, x) + t)
+            targets.append(len(t))
+            heads.setdefault(system.name, []).append(seqs[-1][:len(seqs[-1]) - len(t)])
+        common = {name: _common_prefix(group) for name, group in heads.items()}
+        cut = [common[s.name] for s, _, _ in rows]
+        order = sorted(range(len(rows)), key=lambda i: (len(seqs[i]) - cut[i], rows[i][0].name))
         for b in range(0, len(order), self.batch_size):
             idx = order[b:b + self.batch_size]
-            batch, targets = [], []
-            for i in idx:
-                system, x, target = rows[i]
-                fmt = self.formatter(system)
-                t = fmt.target_ids(target)
-                batch.append((system, fmt.prompt_ids(x) + t))
-                targets.append(len(t))
-            ids, mask, pos, cache = self._batch_inputs(self._split(batch, own=targets))
+            parts = [(self.prefix(rows[i][0], tuple(seqs[i][:cut[i]])), seqs[i][cut[i]:]) for i in idx]
+            ids, mask, pos, cache = self._batch_inputs(parts)
             logp = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                              use_cache=False, logits_to_keep=max(targets) + 1  # the target positions only
+                              use_cache=False, logits_to_keep=max(targets[i] for i in idx) + 1  # targets only
                               ).logits.float().log_softmax(-1)  # (B, max target + 1, V)
-            for r, (i, n) in enumerate(zip(idx, targets)):
-                # the last n tokens are the target; each is predicted from the position before it
-                pred = logp[r, -n - 1:-1]  # (n, V)
-                out[i] = float(pred.gather(-1, ids[r, -n:, None]).mean())
+            for r, i in enumerate(idx):
+                n = targets[i]  # the last n tokens are the target, each predicted from the position before it
+                out[i] = float(logp[r, -n - 1:-1].gather(-1, ids[r, -n:, None]).mean())
         return out
 
 

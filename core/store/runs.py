@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.config import TuneConfig
+from core.config import ConfigError, Method, TuneConfig
 from core.errors import WorkbenchError
 from core.store.paths import (IdFolder, append_jsonl, check_run_id, read_json, read_jsonl, run_path, runs_dir,
                               write_json_atomic)
@@ -128,7 +128,33 @@ def _alive(pid) -> bool:
         return True
 
 
+def init_run_problem(init_run: str, model: str) -> str | None:
+    """Why run `init_run` cannot start a new prompt-tuning run on `model` (None when it can)."""
+    try:
+        source = Run.open(init_run)
+        cfg = source.config()
+    except (WorkbenchError, ValueError) as e:
+        return str(e)
+    state = source.status().get("state")
+    if cfg.model != model:
+        return f"run {init_run!r} was trained on {cfg.model!r}, not on {model!r}: pick a run of the same model."
+    if cfg.method != Method.PROMPT_TUNING:
+        return (f"run {init_run!r} is {cfg.method.value}: a new prompt-tuning run starts only from a "
+                "prompt-tuning run (same model and method).")
+    if state not in FINISHED or not (source.adapter_dir / "adapter_model.safetensors").exists():
+        return f"run {init_run!r} is {state} and has no final prompt yet: wait for it to finish, or pick another run."
+    return None
+
+
+def init_runs(runs: list[dict], model: str) -> list[str]:
+    """Ids (from list_runs summaries) of the runs a new prompt-tuning run on `model` can start from."""
+    return [r["id"] for r in runs if r["model"] == model and r["method"] == Method.PROMPT_TUNING.value
+            and r["state"] in FINISHED and (run_path(r["id"]) / "adapter" / "adapter_model.safetensors").exists()]
+
+
 def new_run(cfg: TuneConfig, run_id: str | None = None) -> Run:
+    if cfg.init_run and (problem := init_run_problem(cfg.init_run, cfg.model)):
+        raise ConfigError({"init_run": problem})
     base = run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.task}-{cfg.method.value}"
     check_run_id(base)
     rid, n = base, 1

@@ -8,6 +8,9 @@ embedding after `get_peft_model`:
   tokenizer's training corpus. Special tokens are excluded.
 - class-label: the first virtual tokens are the mean embedding of each label word's tokens;
   the rest are sampled as in sample-vocab.
+- run: the trained prompt of an earlier prompt-tuning run on the same model (prompt transfer,
+  SPoT). A longer new prompt keeps all its tokens and fills the rest as sample-vocab does; a
+  shorter one keeps its first tokens.
 
 Encoder-decoder models (T5, FLAN-T5) take PEFT's SEQ_2_SEQ_LM task: prompt tuning and P-tuning
 put the virtual tokens in front of the encoder's input (PEFT keeps a second, unused set of N
@@ -21,8 +24,10 @@ from peft import (PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuni
                   PromptTuningInit, TaskType, get_peft_model)
 
 from core.config import Init, Method, TuneConfig
-from core.model.adapters import prefix_width
+from core.errors import WorkbenchError
+from core.model.adapters import adapter_prompt, prefix_width
 from core.model.loading import is_seq2seq
+from core.store.runs import Run, init_run_problem
 
 
 def peft_config(cfg: TuneConfig, tokenizer_path: str, model_config=None):
@@ -57,9 +62,20 @@ def label_vectors(tokenizer, embeddings: torch.Tensor, words: list[str]) -> torc
     return torch.stack(rows)  # (L, D)
 
 
+def run_vectors(cfg: TuneConfig, width: int) -> torch.Tensor:
+    """The trained prompt (P, D) of the run cfg.init_run, checked to fit (same model, prompt tuning, width)."""
+    if problem := init_run_problem(cfg.init_run, cfg.model):
+        raise WorkbenchError(f"init_run: {problem}")
+    _, vectors = adapter_prompt(Run.open(cfg.init_run).adapter_dir)
+    if vectors.shape[1] != width:
+        raise WorkbenchError(f"init_run: run {cfg.init_run!r} has {vectors.shape[1]}-wide virtual tokens but the "
+                             f"model's embeddings are {width} wide: pick a run of this model.")
+    return torch.from_numpy(vectors)
+
+
 def initial_prompt(cfg: TuneConfig, tokenizer, embeddings: torch.Tensor) -> torch.Tensor | None:
     """Start vectors (N, D) for the inits PEFT does not do itself, else None."""
-    if cfg.method != Method.PROMPT_TUNING or cfg.init not in (Init.SAMPLE_VOCAB, Init.CLASS_LABEL):
+    if cfg.method != Method.PROMPT_TUNING or cfg.init not in (Init.SAMPLE_VOCAB, Init.CLASS_LABEL, Init.RUN):
         return None
     gen = torch.Generator().manual_seed(cfg.seed)
     pool = frequent_token_ids(tokenizer, cfg.sample_vocab_top_k)
@@ -68,6 +84,9 @@ def initial_prompt(cfg: TuneConfig, tokenizer, embeddings: torch.Tensor) -> torc
     if cfg.init == Init.CLASS_LABEL:
         labels = label_vectors(tokenizer, embeddings, cfg.label_words)[: cfg.num_virtual_tokens]
         vectors[: len(labels)] = labels
+    if cfg.init == Init.RUN:
+        earlier = run_vectors(cfg, embeddings.shape[1])[: cfg.num_virtual_tokens]  # (min(P, N), D)
+        vectors[: len(earlier)] = earlier
     return vectors
 
 
