@@ -119,3 +119,13 @@ def test_bad_parameters_quote_the_value():
         check_params(source="lsh", lsh={"trees": 3})
     with pytest.raises(ValueError, match=r"\[1, 9\]"):
         VocabTree().fit(ANCHORS[:10], k=12)
+
+
+def test_known_exact_neighbours_give_the_same_tree(tree):
+    """A VocabMap's cached kNN (self in column 0) spares the tree's own kNN search: same tree."""
+    idx, sims = ExactCosine().fit(ANCHORS).kneighbors(8, include_self=True)  # (V, 8), as a map caches them
+    again = VocabTree().fit(ANCHORS, k=5, knn=(idx[:, 1:], sims[:, 1:]))
+    np.testing.assert_array_equal(again.src_, tree.src_)
+    np.testing.assert_array_equal(again.dst_, tree.dst_)
+    with pytest.raises(ValueError, match="at least k=5"):
+        VocabTree().fit(ANCHORS, k=5, knn=(idx[:, 1:4], sims[:, 1:4]))

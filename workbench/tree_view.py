@@ -10,15 +10,22 @@ from core.errors import WorkbenchError
 from core.explore.prompts import (PromptSource, graphistry_settings, graphistry_upload, map_cache_dir, map_settings,
                                   search_tokens, table_bytes)
 from core.explore.vocabgraph import PromptPoints, graph_tables
-from core.explore.vocabtree import VocabTree, load_or_fit
-from workbench.explore_view import EDGE_COLOR, GRAPHISTRY_HELP, anchors, built, map_figure
+from core.explore.vocabtree import VocabTree, check_params, load_or_fit
+from workbench.explore_view import EDGE_COLOR, GRAPHISTRY_HELP, anchors, built, map_figure, vocab_map
 
 
 def vocab_tree(spec: str) -> VocabTree:
-    """The model's VocabTree: from memory, else the disk cache, else a build shown with a progress bar."""
+    """The model's VocabTree: from memory, else the disk cache, else a build shown with a progress bar.
+
+    A build takes its exact kNN from the model's map (the page builds that first) when the map has enough."""
     limit, _ = map_settings()
-    return built(("tree", spec, limit), "Building the vocabulary tree (once per model; cached on disk)…",
-                 lambda report: load_or_fit(map_cache_dir(spec, limit, "vocab_trees"), anchors(spec), progress=report))
+
+    def build(report):
+        vmap, k = vocab_map(spec), check_params()["k"]
+        knn = (vmap.knn_indices_[:, 1:], vmap.knn_sims_[:, 1:]) if vmap.params_["n_neighbors"] > k else None
+        return load_or_fit(map_cache_dir(spec, limit, "vocab_trees"), anchors(spec), progress=report, knn=knn)
+
+    return built(("tree", spec, limit), "Building the vocabulary tree (once per model; cached on disk)…", build)
 
 
 def _segments(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -98,16 +98,26 @@ def layout(n: int, src: np.ndarray, dst: np.ndarray, weight: np.ndarray, node_si
 class VocabTree:
     """The vocabulary's spanning tree (`src_`, `dst_`, `weight_`: V - 1 edges) and its layout (`xy_` (V, 2))."""
 
+    _index: ExactCosine | None = None
+
     def fit(self, anchors, k: int = 10, source: str = "exact", node_size: float = NODE_SIZE, center: bool = True,
-            lsh: dict | None = None, progress: Progress | None = None) -> "VocabTree":
+            lsh: dict | None = None, progress: Progress | None = None, knn=None) -> "VocabTree":
+        """knn: the exact neighbours of every anchor if already known, (indices, sims) (V, >= k) best first,
+        self excluded (a VocabMap's `knn_indices_[:, 1:]`, `knn_sims_[:, 1:]`); used for source "exact"."""
         self.params_ = check_params(k, source, node_size, center, lsh)
         report = progress or (lambda fraction, message: None)
         a = _as_matrix(anchors, "anchors")  # (V, D)
         started = time.perf_counter()
-        self.index_ = ExactCosine().fit(a, center)
+        self._index = ExactCosine().fit(a, center)
         self.fingerprint_ = fingerprint(a)
         k = _check_k(k, self.index_.n_anchors - 1, "k")
-        self.knn_indices_, self.knn_sims_ = self._knn(a, k, report)  # (V, k) each; not cached
+        if knn is not None and source == "exact":
+            self.knn_indices_, self.knn_sims_ = (np.asarray(x)[:, :k] for x in knn)  # (V, k) each
+            if self.knn_indices_.shape != (len(a), k):
+                raise ValueError(f"knn must hold at least k={k} neighbours for each of {len(a)} anchors, "
+                                 f"got {np.asarray(knn[0]).shape}")
+        else:
+            self.knn_indices_, self.knn_sims_ = self._knn(a, k, report)  # (V, k) each; not cached
         graph = knn_graph(self.knn_indices_, self.knn_sims_)  # (V, V), weights 1 - cos
         report(0.6, "joining the kNN graph's pieces")
         extra = bridges(self.index_.normed_, graph)
@@ -138,6 +148,13 @@ class VocabTree:
             keep = np.argsort(ex_i == short[:, None], axis=1, kind="stable")[:, :k]
             idx[short], sims[short] = np.take_along_axis(ex_i, keep, 1), np.take_along_axis(ex_s, keep, 1)
         return idx, sims
+
+    @property
+    def index_(self) -> ExactCosine:
+        """The exact cosine index over the anchors (built by fit, or on first use after load)."""
+        if self._index is None:
+            self._index = ExactCosine().fit(self._anchors, self.params_["center"])
+        return self._index
 
     def tree_matrix(self) -> sp.csr_matrix:
         """The spanning tree as a (V, V) matrix (upper triangle), for `vocabgraph.graph_tables`."""
@@ -202,12 +219,12 @@ class VocabTree:
             setattr(tree, f"{name}_", np.load(folder / f"{name}.npy", allow_pickle=False))
         if tree.xy_.shape != (len(a), 2) or not len(tree.src_) == len(tree.dst_) == len(tree.weight_) == len(a) - 1:
             raise StaleMapError(f"tree cache in {folder} is incomplete")
-        tree.index_ = ExactCosine().fit(a, tree.params_["center"])
+        tree._anchors = a  # the exact index is built on the first attach: reopening stays quick
         return tree
 
 
-def load_or_fit(cache_dir, anchors, progress: Progress | None = None, **params) -> VocabTree:
-    """The cached tree if it matches these anchors and parameters, else a fresh build (saved)."""
+def load_or_fit(cache_dir, anchors, progress: Progress | None = None, knn=None, **params) -> VocabTree:
+    """The cached tree if it matches these anchors and parameters, else a fresh build (saved); knn as in fit."""
     wanted = check_params(**params)
     try:
         cached = VocabTree.load(cache_dir, anchors)
@@ -217,6 +234,6 @@ def load_or_fit(cache_dir, anchors, progress: Progress | None = None, **params) 
             return cached
     except (StaleMapError, OSError, ValueError, KeyError, TypeError):
         pass
-    fitted = VocabTree().fit(anchors, progress=progress, **wanted)
+    fitted = VocabTree().fit(anchors, progress=progress, knn=knn, **wanted)
     fitted.save(cache_dir)
     return fitted
