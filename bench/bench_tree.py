@@ -68,7 +68,6 @@ def browser_times(fig, folder: Path) -> dict:
                                        'yaxis.range': [mid(yr, 0.45), mid(yr, 0.55)]});
             return (performance.now() - t0) / 1000; }""")
         webgl = pg.evaluate("() => document.querySelectorAll('#tree canvas').length")
-        pg.screenshot(path=str(folder / "zoomed.png"))
         browser.close()
     return {"browser_first_draw_s": round(first, 2), "browser_zoom_s": round(zoom, 3), "webgl_canvases": webgl}
 

@@ -210,3 +210,27 @@ def test_map_build_interrupted_by_a_rerun_leaves_tqdm_usable(monkeypatch):
     other.join()
     assert free == [True]
     assert explore_view.vocab_map("interrupted-model") == "the map" and fits == [1]  # kept, not fitted again
+
+
+def test_tree_build_after_the_map_in_one_app_process(monkeypatch):
+    """The tree takes its kNN from the map; both are built under the app's one build lock, which must not
+    be taken twice (a blank page that never finishes)."""
+    import threading
+    from types import SimpleNamespace
+
+    from workbench import explore_view
+
+    knn = np.tile(np.arange(16), (20, 1))  # (V, 16): the map's 15-NN with self first
+    vmap = SimpleNamespace(knn_indices_=knn, knn_sims_=np.ones((20, 16)), params_={"n_neighbors": 16})
+    calls = []
+    monkeypatch.setattr(explore_view.st, "progress", lambda *a, **k: SimpleNamespace(progress=print, empty=print))
+    monkeypatch.setattr(explore_view, "load_or_fit", lambda *a, **k: vmap)
+    monkeypatch.setattr(explore_view, "anchors", lambda spec: None)
+    monkeypatch.setattr(tree_view, "anchors", lambda spec: None)
+    monkeypatch.setattr(tree_view, "load_or_fit", lambda cache, anchors, progress, knn: calls.append(knn) or "tree")
+    done = []
+    worker = threading.Thread(target=lambda: done.append(tree_view.vocab_tree("lock-model")), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert done == ["tree"]
+    assert calls[0][0].shape == (20, 15)  # the map's neighbours without the token itself

@@ -19,9 +19,10 @@ def vocab_tree(spec: str) -> VocabTree:
 
     A build takes its exact kNN from the model's map (the page builds that first) when the map has enough."""
     limit, _ = map_settings()
+    vmap = vocab_map(spec)  # first, and outside `built`: it holds the store's lock while building
 
     def build(report):
-        vmap, k = vocab_map(spec), check_params()["k"]
+        k = check_params()["k"]
         knn = (vmap.knn_indices_[:, 1:], vmap.knn_sims_[:, 1:]) if vmap.params_["n_neighbors"] > k else None
         return load_or_fit(map_cache_dir(spec, limit, "vocab_trees"), anchors(spec), progress=report, knn=knn)
 
