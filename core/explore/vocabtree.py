@@ -28,8 +28,7 @@ from core.errors import WorkbenchError
 from core.explore.lshforest import LSHForestIndex
 from core.explore.neighbors import ExactCosine, _as_matrix, _check_k
 from core.explore.vocabgraph import PromptPoints, anchor_neighbors, knn_graph, spanning_tree
-from core.explore.vocabmap import StaleMapError, fingerprint
-from core.store.paths import read_json, write_json_atomic
+from core.explore.vocabmap import StaleMapError, cached_fit, fingerprint, load_cache, save_cache
 
 Progress = Callable[[float, str], None]
 CACHE_VERSION = 1
@@ -192,31 +191,18 @@ class VocabTree:
 
     def save(self, folder) -> Path:
         """Write xy.npy, src.npy, dst.npy, weight.npy and meta.json (last) into folder."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "meta.json").unlink(missing_ok=True)  # a half-written cache never looks valid
-        for name in self.ARRAYS:
-            np.save(folder / f"{name}.npy", getattr(self, f"{name}_"), allow_pickle=False)
-        write_json_atomic(folder / "meta.json", {
+        return save_cache(folder, {name: getattr(self, f"{name}_") for name in self.ARRAYS}, {
             "version": CACHE_VERSION, "params": self.params_, "anchors_shape": list(self.index_.normed_.shape),
             "fingerprint": self.fingerprint_, "fit_seconds": round(self.fit_seconds_, 2), "bridges": self.n_bridges_})
-        return folder
 
     @classmethod
     def load(cls, folder, anchors) -> "VocabTree":
         """The tree cached in folder, checked against anchors; StaleMapError if it does not match."""
-        folder = Path(folder)
-        meta = read_json(folder / "meta.json")
-        if not meta or meta.get("version") != CACHE_VERSION:
-            raise StaleMapError(f"no usable tree cache in {folder}")
-        a = _as_matrix(anchors, "anchors")
-        if meta["anchors_shape"] != list(a.shape) or meta["fingerprint"] != fingerprint(a):
-            raise StaleMapError(f"tree cache in {folder} was built for other anchors ({meta['anchors_shape']})")
+        meta, arrays, a = load_cache(folder, anchors, cls.ARRAYS, CACHE_VERSION, "tree")
         tree = cls()
         tree.params_ = check_params(**meta["params"])
         tree.fingerprint_, tree.fit_seconds_, tree.n_bridges_ = meta["fingerprint"], meta["fit_seconds"], meta["bridges"]
-        for name in cls.ARRAYS:
-            setattr(tree, f"{name}_", np.load(folder / f"{name}.npy", allow_pickle=False))
+        tree.xy_, tree.src_, tree.dst_, tree.weight_ = (arrays[name] for name in cls.ARRAYS)
         if tree.xy_.shape != (len(a), 2) or not len(tree.src_) == len(tree.dst_) == len(tree.weight_) == len(a) - 1:
             raise StaleMapError(f"tree cache in {folder} is incomplete")
         tree._anchors = a  # the exact index is built on the first attach: reopening stays quick
@@ -225,15 +211,4 @@ class VocabTree:
 
 def load_or_fit(cache_dir, anchors, progress: Progress | None = None, knn=None, **params) -> VocabTree:
     """The cached tree if it matches these anchors and parameters, else a fresh build (saved); knn as in fit."""
-    wanted = check_params(**params)
-    try:
-        cached = VocabTree.load(cache_dir, anchors)
-        if cached.params_ == wanted:
-            if progress:
-                progress(1.0, "tree loaded from cache")
-            return cached
-    except (StaleMapError, OSError, ValueError, KeyError, TypeError):
-        pass
-    fitted = VocabTree().fit(anchors, progress=progress, knn=knn, **wanted)
-    fitted.save(cache_dir)
-    return fitted
+    return cached_fit(VocabTree, cache_dir, anchors, check_params(**params), progress, "tree", knn=knn)
