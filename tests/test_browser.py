@@ -212,7 +212,7 @@ def test_a_new_users_own_file_and_task_switch_in_a_real_browser(app, page, tmp_p
     pg.screenshot(path=str(ARTIFACTS / "10-blind-rating.png"), full_page=True)
 
 
-TRACES = "() => [...document.querySelector('.js-plotly-plot').data].map(t => [t.name, t.x.length])"
+TRACES = "() => document.querySelector('.js-plotly-plot')._fullData.map(t => [t.name, t.x.length])"  # decoded arrays
 
 
 def test_explore_tree_shows_a_runs_tokens_and_finds_a_word(small_app, page, tmp_path):
