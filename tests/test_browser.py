@@ -1,7 +1,8 @@
 """The main flow in a real browser: Debian's chromium driven by Playwright against the running app.
 
 Start a short run on Tune, watch it reach `completed`, open Compare and see the soft prompt's
-column and metrics, open Explore and see the map, open Results and see the report. Screenshots go to
+column and metrics, open Explore and see the tree and map, open Results and see the report; on a small
+tree, find a run's tokens and a searched word. Screenshots go to
 test-artifacts/
 """
 import os
@@ -120,8 +121,9 @@ def test_tune_then_compare_in_a_real_browser(app, page):
     assert "soft: " in ticks and "hard: default" in ticks and "hard: 3-shot" in ticks and "bare model" in ticks
     pg.screenshot(path=str(ARTIFACTS / "3-compare.png"), full_page=True)
 
-    pg.goto(f"{app}/explore")  # the first visit builds the vocabulary map (about a minute), then it is cached
+    pg.goto(f"{app}/explore")  # the first visit builds the vocabulary map and tree (about a minute), then cached
     pg.get_by_text("A fixed UMAP map").wait_for(timeout=480_000)
+    pg.get_by_text("The minimum spanning tree").wait_for(timeout=300_000)  # then the tree (the first tab)
     pg.locator(".js-plotly-plot").first.wait_for()
     pg.wait_for_timeout(2000)
     assert "49,152 input embeddings" in pg.inner_text("body")
