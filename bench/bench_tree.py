@@ -3,10 +3,11 @@
     .venv/bin/python bench/bench_tree.py [--sample 300] [--no-browser]
 
 Prints and writes bench-results/tree.json: the first build with exact kNN (stages: kNN, joining
-pieces, layout; wall and CPU time, as the 2 cores are often shared), reopening from the cache, attaching 100 virtual tokens; the LSH forest as the
-kNN source (the page's default forest, timed on a sample of anchors and extrapolated to the whole
-vocabulary, with its recall@10 against exact); and the plotly WebGL figure: building it, its size,
-and in headless chromium the time to the first drawing and to a zoom into a branch.
+pieces, layout; wall and CPU time, as the 2 cores are often shared), reopening from the cache,
+attaching 100 virtual tokens; the LSH forest as the kNN source (the page's default forest, timed on
+a sample of anchors and extrapolated to the whole vocabulary, with its recall@10 against exact);
+and the plotly WebGL figure: building it, its size, and in headless chromium the time to the first
+drawing and to a zoom into a branch.
 """
 from __future__ import annotations
 
