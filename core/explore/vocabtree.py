@@ -27,7 +27,7 @@ from scipy.sparse.csgraph import connected_components
 from core.errors import WorkbenchError
 from core.explore.lshforest import LSHForestIndex
 from core.explore.neighbors import ExactCosine, _as_matrix, _check_k
-from core.explore.vocabgraph import PromptPoints, anchor_neighbors, knn_graph, spanning_tree
+from core.explore.vocabgraph import MIN_WEIGHT, PromptPoints, anchor_neighbors, knn_graph, spanning_tree
 from core.explore.vocabmap import StaleMapError, cached_fit, fingerprint, load_cache, save_cache
 
 Progress = Callable[[float, str], None]
@@ -75,7 +75,7 @@ def bridges(normed: np.ndarray, graph: sp.spmatrix) -> list[tuple[int, int, floa
                 sims[:, members] = -np.inf
                 r, j = np.unravel_index(np.argmax(sims), sims.shape)
                 best = max(best, (float(sims[r, j]), int(rows[r]), int(j)))
-            new.append((best[1], best[2], max(1.0 - best[0], 1e-6)))
+            new.append((best[1], best[2], max(1.0 - best[0], MIN_WEIGHT)))
         out += new
         i, j, w = map(np.asarray, zip(*new))
         graph = (graph + sp.coo_matrix((w, (i, j)), shape=graph.shape)).tocsr()
