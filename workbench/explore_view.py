@@ -54,7 +54,7 @@ def built(key: tuple, text: str, build):
     global lock around the write without try/finally, so a stop or rerun request (the user closes
     the tab or touches a widget) raised there would leave that lock held by a finished thread and
     hang every later fit in the process. The request is kept, the build finishes and is cached, and
-    the request is raised afterwards.
+    the request is raised afterwards. One lock serves every key: build must not call `built` itself.
     """
     store = _map_store()
     with store["lock"]:
