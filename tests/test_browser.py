@@ -1,7 +1,8 @@
 """The main flow in a real browser: Debian's chromium driven by Playwright against the running app.
 
 Start a short run on Tune, watch it reach `completed`, open Compare and see the soft prompt's
-column and metrics, open Explore and see the map, open Results and see the report. Screenshots go to
+column and metrics, open Explore and see the tree and map, open Results and see the report; on a small
+tree, find a run's tokens and a searched word. Screenshots go to
 test-artifacts/
 """
 import os
@@ -28,10 +29,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def app(tmp_path):
+def serve(tmp_path, **env):
+    """Start the app on a free port with WORKBENCH_HOME in tmp_path (plus env); yield its URL, then stop it."""
     port = free_port()
-    env = {**os.environ, "WORKBENCH_HOME": str(tmp_path / "ws"), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "WORKBENCH_HOME": str(tmp_path / "ws"), "PYTHONUNBUFFERED": "1", **env}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "workbench/app.py", "--server.port",
                              str(port), "--server.headless", "true"], cwd=REPO, env=env,
                             stdout=open(tmp_path / "app.log", "wb"), stderr=subprocess.STDOUT)
@@ -45,7 +46,27 @@ def app(tmp_path):
     yield url
     proc.terminate()
     proc.wait(timeout=20)
+    ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(tmp_path / "app.log", ARTIFACTS / "app.log")
+
+
+@pytest.fixture
+def app(tmp_path):
+    yield from serve(tmp_path)
+
+
+@pytest.fixture
+def small_app(tmp_path):
+    """The app with the vocabulary map and tree cut to the first 2,000 tokens, cached in a model cache of
+    its own (the bundled model and kernels linked in, not copied)."""
+    from core.store.paths import model_cache_dir
+    cache = tmp_path / "models"
+    cache.mkdir()
+    for entry in model_cache_dir().iterdir():
+        if entry.name not in ("vocab_maps", "vocab_trees"):
+            (cache / entry.name).symlink_to(entry)
+    env = {"WORKBENCH_MODEL_CACHE": str(cache), "WORKBENCH_MAP_TOKENS": "2000", "WORKBENCH_MAP_EPOCHS": "20"}
+    yield from serve(tmp_path, **env)
 
 
 @pytest.fixture
@@ -100,8 +121,9 @@ def test_tune_then_compare_in_a_real_browser(app, page):
     assert "soft: " in ticks and "hard: default" in ticks and "hard: 3-shot" in ticks and "bare model" in ticks
     pg.screenshot(path=str(ARTIFACTS / "3-compare.png"), full_page=True)
 
-    pg.goto(f"{app}/explore")  # the first visit builds the vocabulary map (about a minute), then it is cached
+    pg.goto(f"{app}/explore")  # the first visit builds the vocabulary map and tree (about a minute), then cached
     pg.get_by_text("A fixed UMAP map").wait_for(timeout=480_000)
+    pg.get_by_text("The minimum spanning tree").wait_for(timeout=300_000)  # then the tree (the first tab)
     pg.locator(".js-plotly-plot").first.wait_for()
     pg.wait_for_timeout(2000)
     assert "49,152 input embeddings" in pg.inner_text("body")
@@ -190,3 +212,31 @@ def test_a_new_users_own_file_and_task_switch_in_a_real_browser(app, page, tmp_p
     pg.get_by_text("Ranking").wait_for(timeout=60_000)
     assert "from 1 votes" in pg.inner_text("body")
     pg.screenshot(path=str(ARTIFACTS / "10-blind-rating.png"), full_page=True)
+
+
+TRACES = "() => document.querySelector('.js-plotly-plot')._fullData.map(t => [t.name, t.x.length])"  # decoded arrays
+
+
+def test_explore_tree_shows_a_runs_tokens_and_finds_a_word(small_app, page, tmp_path):
+    """The Tree is the first view on Explore: the run's virtual tokens are drawn on it (2,000-token tree),
+    and the sidebar's "Find a word" marks the word's tokens on it."""
+    pg = page
+    env = {**os.environ, "WORKBENCH_HOME": str(tmp_path / "ws")}
+    subprocess.run([sys.executable, "-m", "workbench", "tune", "--task", "sentiment", "--max-steps", "1",
+                    "--virtual-tokens", "3", "--batch-size", "2", "--eval-every", "1", "--save-every", "1",
+                    "--eval-examples", "1"], cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    pg.goto(f"{small_app}/explore")
+    pg.get_by_text("The minimum spanning tree").wait_for(timeout=300_000)
+    pg.locator(".js-plotly-plot").first.wait_for()
+    pg.wait_for_timeout(1500)
+    assert pg.get_by_role("tab", name="Tree").get_attribute("aria-selected") == "true"
+    shown = dict(pg.evaluate(TRACES))
+    assert shown["vocabulary (2,000 tokens)"] == 2000 and shown["tree (1,999 edges)"] == 3 * 1999
+    run = next(name for name in shown if name.endswith("-sentiment-prompt-tuning"))
+    assert shown[run] == 3  # the run's virtual tokens, each hanging off its nearest token
+    fill(pg, "Find a word", "good")
+    pg.get_by_text("'good': ").wait_for(timeout=60_000)
+    pg.wait_for_timeout(1500)
+    shown = dict(pg.evaluate(TRACES))
+    assert shown.get("search: good", 0) >= 1 and shown[run] == 3
+    pg.screenshot(path=str(ARTIFACTS / "11-explore-tree.png"), full_page=True)

@@ -1,5 +1,5 @@
 """core.explore.prompts: prompt sources, map settings and cache folder, labels and search, the neighbour
-table, the graph on a subsample, export bytes, Graphistry settings and upload (with a fake client)."""
+table, export bytes, Graphistry settings and upload (with a fake client)."""
 import io
 import json
 import shutil
@@ -11,13 +11,12 @@ from safetensors.numpy import save_file
 
 from core.explore.prompts import (graphistry_plotter, graphistry_settings, graphistry_upload, load_prompt, map_cache_dir,
                           map_settings, neighbour_table, prompt_sources, run_prompts, search_tokens, table_bytes,
-                          token_labels, vocab_graph)
+                          token_labels)
 from core.explore.neighbors import ExactCosine
 from core.explore.lshforest import LSHForestIndex
 from core.errors import WorkbenchError
 from core.store.runs import Run
-from core.explore.vocabgraph import n_components, prompt_points
-from tests.test_vocabgraph import ANCHORS, LABELS, StubMap
+from tests.test_vocabgraph import ANCHORS, LABELS
 from workbench.explore_view import GRAPHISTRY_HELP
 
 RNG = np.random.default_rng(3)
@@ -66,6 +65,8 @@ def test_map_cache_folder_per_model(home, tmp_path):
     assert map_cache_dir(str(a)) != map_cache_dir(str(b)) and map_cache_dir(str(a)).name.startswith("model-")
     assert map_cache_dir("org/name").name.startswith("name-")
     assert map_cache_dir("smollm2-135m-instruct", 3000).name == "smollm2-135m-instruct-first3000"
+    tree = map_cache_dir("smollm2-135m-instruct", 3000, "vocab_trees")  # the tree's cache: same key, own folder
+    assert tree.name == "smollm2-135m-instruct-first3000" and tree.parent.name == "vocab_trees"
 
 
 def test_labels_show_spaces_and_search_finds_a_word(tokenizer):
@@ -93,24 +94,6 @@ def test_neighbour_table_exact_against_forest():
     assert [t.replace(" ✓", "") for t in full["LSH forest top-4"]] == list(full["exact top-4"])
     marks = " ".join(table["LSH forest top-4"])
     assert marks.count("✓") == round(table["LSH recall@4"].sum() * 4)  # one mark per answer exact search agrees with
-
-
-def test_graph_on_a_subsample_keeps_prompt_neighbours_connected():
-    vmap = StubMap(ANCHORS)
-    points = [prompt_points("run-a", ANCHORS[[150, 190]], vmap, k=3)]
-    nodes, edges = vocab_graph(vmap, LABELS, points, first=40, k=6)
-    anchors = nodes[nodes["kind"] == "anchor"]["id"].to_numpy()
-    assert set(range(40)) <= set(anchors) and {150, 190} <= set(anchors) and len(anchors) <= 46
-    tree = edges[edges["kind"] == "tree"]
-    assert set(tree["src"]) | set(tree["dst"]) <= set(anchors)
-    import scipy.sparse as sp
-    local = {a: i for i, a in enumerate(anchors)}
-    graph = sp.coo_matrix((np.ones(len(tree)), ([local[s] for s in tree["src"]], [local[d] for d in tree["dst"]])),
-                          shape=(len(anchors),) * 2)
-    assert len(tree) == len(anchors) - n_components(graph)  # a spanning forest of the subsample
-    assert (edges["kind"] == "prompt").sum() == 6 and (nodes["kind"] == "prompt").sum() == 2
-    full_nodes, full_edges = vocab_graph(vmap, LABELS, points, first=10**6)
-    assert (full_nodes["kind"] == "anchor").sum() == 200 and (full_edges["kind"] == "tree").sum() >= 190
 
 
 def test_export_bytes_round_trip():

@@ -1,5 +1,6 @@
 """Explore page with AppTest on the tiny llama: the map with prompt markers and trajectories, search,
-the neighbour table (exact against LSH), the graph with its exports, prefix tuning and Graphistry.
+the neighbour table (exact against LSH), the vocabulary tree (the first tab) with search, exports and
+Graphistry, prefix tuning.
 
 The map is limited to the first 3,000 token ids with 20 layout epochs (WORKBENCH_MAP_TOKENS /
 WORKBENCH_MAP_EPOCHS) and fitted once for the module, into the module's own model cache.
@@ -16,6 +17,7 @@ from core.explore import prompts as explore
 from core.train import training
 from core.store.runs import new_run
 from tests.conftest import REPO, tiny_config
+from workbench import tree_view
 from workbench.explore_view import PREFIX_MESSAGE
 
 PAGE = str(REPO / "pages" / "explore.py")
@@ -42,9 +44,11 @@ def trained(tiny_model_dir, tmp_path_factory):
         yield mp, root
 
 
-def page(runs) -> AppTest:
+def page(runs, view: str | None = None) -> AppTest:
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.session_state["exp_runs"] = runs
+    if view:
+        at.session_state["exp_view"] = view
     return at.run()
 
 
@@ -61,7 +65,7 @@ def test_no_runs_says_how_to_start(home):
 
 
 def test_map_prompts_trajectories_and_search(trained):
-    at = page(["run-a"])
+    at = page(["run-a"], "Map")
     assert not at.exception, at.exception
     shown = traces(at)
     assert shown == {f"vocabulary ({MAP_TOKENS:,} tokens)": MAP_TOKENS, "run-a": 4}
@@ -78,7 +82,7 @@ def test_map_prompts_trajectories_and_search(trained):
 
 
 def test_prefix_run_is_explained_not_drawn(trained):
-    at = page(["run-b"])
+    at = page(["run-b"], "Map")
     assert not at.exception
     assert any(PREFIX_MESSAGE in i.value for i in at.info)
     assert traces(at) == {f"vocabulary ({MAP_TOKENS:,} tokens)": MAP_TOKENS}
@@ -101,18 +105,22 @@ def test_neighbour_table_exact_lsh_and_recall(trained):
     assert any("mean-centred" in c.value for c in at.caption)
 
 
-def test_graph_exports_and_graphistry(trained, monkeypatch):
+def test_tree_is_the_first_view_with_prompts_search_exports_and_graphistry(trained, monkeypatch):
     at = page(["run-a"])
-    at.session_state["exp_view"] = "Graph"
-    at.session_state["exp_graph_n"] = 500
-    at.run()
     assert not at.exception, at.exception
+    assert at.tabs[0].label == "Tree"  # the first tab, open by default
     shown = traces(at)
-    tokens = next(count for name, count in shown.items() if name.startswith("tokens"))
-    assert shown["run-a"] == 4 and 500 <= tokens <= 500 + 4 * 3  # first 500 ids + attached neighbours
+    assert shown[f"vocabulary ({MAP_TOKENS:,} tokens)"] == MAP_TOKENS
+    assert shown[f"tree ({MAP_TOKENS - 1:,} edges)"] == 3 * (MAP_TOKENS - 1)  # a spanning tree: V - 1 edges + gaps
+    assert shown["run-a"] == 4 and shown["run-a → nearest"] == 3 * 4  # each virtual token hangs off a token
+    assert any("spanning tree" in c.value and "tmap" in c.value for c in at.caption)
     labels = [b.label for b in at.get("download_button")]
     assert labels == ["Points (CSV)", "Edges (CSV)", "Points (Parquet)", "Edges (Parquet)"]
     assert any("GRAPHISTRY_SERVER" in i.value for i in at.info)
+
+    at.text_input(key="exp_search").set_value("the").run()  # the sidebar's search marks the word on the tree
+    assert not at.exception, at.exception
+    assert traces(at)["search: the"] >= 1 and any("␣the" in c.value for c in at.caption)
 
     sent = {}
 
@@ -121,7 +129,7 @@ def test_graph_exports_and_graphistry(trained, monkeypatch):
         return "https://hub.example/graph/graph.html?dataset=x"
 
     _, root = trained
-    monkeypatch.setattr(explore, "graphistry_upload", fake_upload)
+    monkeypatch.setattr(tree_view, "graphistry_upload", fake_upload)
     monkeypatch.setenv("GRAPHISTRY_SERVER", "hub.example")
     monkeypatch.setenv("GRAPHISTRY_USERNAME", "me")
     monkeypatch.setenv("GRAPHISTRY_PASSWORD", "pw-never-on-disk")
@@ -129,8 +137,14 @@ def test_graph_exports_and_graphistry(trained, monkeypatch):
     at.button(key="exp_graphistry").click().run()
     assert not at.exception, at.exception
     assert any("hub.example/graph" in s.value for s in at.success)
-    nodes = sent["nodes"]
-    assert (nodes["kind"] == "prompt").sum() == 4 and {"x", "y", "run", "label"} <= set(nodes.columns)
+    nodes, edges = sent["nodes"], sent["edges"]
+    assert (nodes["kind"] == "prompt").sum() == 4 and (nodes["kind"] == "anchor").sum() == MAP_TOKENS
+    assert (edges["kind"] == "tree").sum() == MAP_TOKENS - 1 and (edges["kind"] == "prompt").sum() == 4 * 3
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    drawn = next(t for t in spec if t["name"].startswith("vocabulary"))
+    x = drawn["x"]
+    x = np.frombuffer(base64.b64decode(x["bdata"]), x["dtype"]) if isinstance(x, dict) else np.asarray(x)
+    np.testing.assert_allclose(nodes.loc[nodes["kind"] == "anchor", "x"], x, rtol=1e-6)  # the tree's positions
     csv = explore.table_bytes(nodes, "csv").decode()
     assert csv.startswith("id,label,kind,x,y,run,position,nearest,sim") and "run-a:v0" in csv
     written = [p for p in (root / "ws").rglob("*") if p.is_file() and b"pw-never-on-disk" in p.read_bytes()]
@@ -199,3 +213,27 @@ def test_map_build_interrupted_by_a_rerun_leaves_tqdm_usable(monkeypatch):
     other.join()
     assert free == [True]
     assert explore_view.vocab_map("interrupted-model") == "the map" and fits == [1]  # kept, not fitted again
+
+
+def test_tree_build_after_the_map_in_one_app_process(monkeypatch):
+    """The tree takes its kNN from the map; both are built under the app's one build lock, which must not
+    be taken twice (a blank page that never finishes)."""
+    import threading
+    from types import SimpleNamespace
+
+    from workbench import explore_view
+
+    knn = np.tile(np.arange(16), (20, 1))  # (V, 16): the map's 15-NN with self first
+    vmap = SimpleNamespace(knn_indices_=knn, knn_sims_=np.ones((20, 16)), params_={"n_neighbors": 16})
+    calls = []
+    monkeypatch.setattr(explore_view.st, "progress", lambda *a, **k: SimpleNamespace(progress=print, empty=print))
+    monkeypatch.setattr(explore_view, "load_or_fit", lambda *a, **k: vmap)
+    monkeypatch.setattr(explore_view, "anchors", lambda spec: None)
+    monkeypatch.setattr(tree_view, "anchors", lambda spec: None)
+    monkeypatch.setattr(tree_view, "load_or_fit", lambda cache, anchors, progress, knn: calls.append(knn) or "tree")
+    done = []
+    worker = threading.Thread(target=lambda: done.append(tree_view.vocab_tree("lock-model")), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert done == ["tree"]
+    assert calls[0][0].shape == (20, 15)  # the map's neighbours without the token itself

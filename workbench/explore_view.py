@@ -1,12 +1,11 @@
 """Explore page helpers: the model's fixed map (built once, with a progress bar), the LSH forest,
-token labels, and the plotly WebGL figures of the map and of the vocabulary graph."""
+token labels, and the plotly WebGL figure of the map (the tree's is in workbench/tree_view.py)."""
 from __future__ import annotations
 
 import html
 import threading
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -45,24 +44,22 @@ def _map_store() -> dict:
     return {"lock": threading.Lock()}
 
 
-def vocab_map(spec: str):
-    """The model's VocabMap: from memory, else the disk cache, else a fit shown with a progress bar.
+def built(key: tuple, text: str, build):
+    """build(progress) once per key for the app: from memory, else build() shown with a progress bar.
 
     A cache-decorated function would replay the progress bar's messages on every later rerun,
-    so the map is kept in a dict that st.cache_resource holds instead.
+    so the result is kept in a dict that st.cache_resource holds instead.
 
-    The progress callback never raises into the fit: umap reports through tqdm, which holds its
+    The progress callback never raises into the build: umap reports through tqdm, which holds its
     global lock around the write without try/finally, so a stop or rerun request (the user closes
     the tab or touches a widget) raised there would leave that lock held by a finished thread and
-    hang every later fit in the process. The request is kept, the fit finishes and is cached, and
-    the request is raised afterwards.
+    hang every later fit in the process. The request is kept, the build finishes and is cached, and
+    the request is raised afterwards. One lock serves every key: build must not call `built` itself.
     """
-    limit, params = map_settings()
-    key = (spec, limit, tuple(sorted(params.items())))
     store = _map_store()
     with store["lock"]:
         if key not in store:
-            bar = st.progress(0.0, text="Laying out the vocabulary (once per model; cached on disk)…")
+            bar = st.progress(0.0, text=text)
             held: list[BaseException] = []
 
             def report(fraction, message) -> None:
@@ -74,12 +71,20 @@ def vocab_map(spec: str):
                     held.append(e)
 
             try:
-                store[key] = load_or_fit(map_cache_dir(spec, limit), anchors(spec), **params, progress=report)
+                store[key] = build(report)
             finally:
                 bar.empty()
             if held:
                 raise held[0]
     return store[key]
+
+
+def vocab_map(spec: str):
+    """The model's VocabMap: from memory, else the disk cache, else a fit shown with a progress bar."""
+    limit, params = map_settings()
+    return built(("map", spec, limit, tuple(sorted(params.items()))),
+                 "Laying out the vocabulary (once per model; cached on disk)…",
+                 lambda report: load_or_fit(map_cache_dir(spec, limit), anchors(spec), **params, progress=report))
 
 
 @st.cache_data(show_spinner=False)
@@ -140,7 +145,7 @@ def map_figure(xy: np.ndarray, names: list[str], placed: list[tuple[PromptSource
     checkpoints small, joined per virtual token into a trajectory ending at the final adapter."""
     fig = go.Figure(go.Scattergl(
         x=xy[:, 0], y=xy[:, 1], mode="markers", name=f"vocabulary ({len(xy):,} tokens)",
-        marker=dict(size=3, color=ANCHOR_COLOR), text=[f"{html.escape(t)} · id {i}" for i, t in enumerate(names)],
+        marker=dict(size=3, color=ANCHOR_COLOR), text=token_hover(names),
         hovertemplate="%{text}<extra></extra>"))
     by_run: dict[str, list[PromptPoints]] = {}
     for src, pts in placed:
@@ -157,6 +162,16 @@ def map_figure(xy: np.ndarray, names: list[str], placed: list[tuple[PromptSource
         _points(fig, pts.xy[:, 0], pts.xy[:, 1], src.label, _prompt_hover(src.label, pts, names),
                 dict(size=15 if final else 8, color=colors[src.run_id], line=dict(color="white", width=1.5)),
                 opacity=1.0 if final else 0.6)
+    search_marks(fig, xy, names, highlight, query)
+    return _layout(fig, height, "vocab-map")
+
+
+def token_hover(names: list[str]) -> list[str]:
+    return [f"{html.escape(t)} · id {i}" for i, t in enumerate(names)]
+
+
+def search_marks(fig: go.Figure, xy: np.ndarray, names: list[str], highlight, query: str) -> None:
+    """The searched word's tokens as labelled stars (trace "search: <query>")."""
     hl = np.asarray(highlight, dtype=np.int64)
     if len(hl):
         found = [names[i] for i in hl]
@@ -164,41 +179,6 @@ def map_figure(xy: np.ndarray, names: list[str], placed: list[tuple[PromptSource
         _points(fig, xy[hl, 0], xy[hl, 1], f"search: {query}", hover,
                 dict(size=14, symbol="star", color=SEARCH_COLOR, line=dict(color="black", width=1)),
                 mode="markers+text", text=found, textposition="top center")
-    return _layout(fig, height, "vocab-map")
-
-
-def _segments(x_of: np.ndarray, y_of: np.ndarray, edges: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    src, dst = edges["src"].to_numpy(), edges["dst"].to_numpy()
-    xs, ys = np.full(3 * len(src), np.nan), np.full(3 * len(src), np.nan)  # (3E,): a, b, gap
-    xs[0::3], xs[1::3], ys[0::3], ys[1::3] = x_of[src], x_of[dst], y_of[src], y_of[dst]
-    return xs, ys
-
-
-def graph_figure(nodes: pd.DataFrame, edges: pd.DataFrame, colors: dict[str, str], height: int = 720) -> go.Figure:
-    """The spanning tree at the map's fixed positions; prompt nodes linked to their nearest tokens.
-
-    colors: prompt label (the nodes' `run` column) -> colour."""
-    ids = nodes["id"].to_numpy()
-    x_of, y_of = np.full(ids.max() + 1, np.nan), np.full(ids.max() + 1, np.nan)
-    x_of[ids], y_of[ids] = nodes["x"].to_numpy(), nodes["y"].to_numpy()
-    tree = edges[edges["kind"] != "prompt"]
-    xs, ys = _segments(x_of, y_of, tree)
-    fig = go.Figure(go.Scattergl(x=xs, y=ys, mode="lines", name=f"spanning tree ({len(tree):,} edges)",
-                                 line=dict(color=EDGE_COLOR, width=1), hoverinfo="skip"))
-    anchor = nodes[nodes["kind"] == "anchor"]
-    fig.add_trace(go.Scattergl(x=anchor["x"], y=anchor["y"], mode="markers", name=f"tokens ({len(anchor):,})",
-                               marker=dict(size=4, color="rgba(71, 85, 105, 0.6)"),
-                               text=[html.escape(t) for t in anchor["label"]], hovertemplate="%{text}<extra></extra>"))
-    for run, group in edges[edges["kind"] == "prompt"].groupby("run", sort=False):
-        xs, ys = _segments(x_of, y_of, group)
-        fig.add_trace(go.Scattergl(x=xs, y=ys, mode="lines", name=f"{run} → nearest", hoverinfo="skip",
-                                   line=dict(color=colors.get(run, "#334155"), width=1.2), showlegend=False))
-    for run, group in nodes[nodes["kind"] == "prompt"].groupby("run", sort=False):
-        text = [f"<b>{html.escape(run)}</b> · virtual token {p}<br>nearest: {html.escape(n)} ({s:.2f})"
-                for p, n, s in zip(group["position"], group["nearest"], group["sim"])]
-        _points(fig, group["x"], group["y"], run, text,
-                dict(size=13, color=colors.get(run, "#334155"), line=dict(color="white", width=1.5)))
-    return _layout(fig, height, "vocab-graph")
 
 
 def lsh_settings(model: str, k: int) -> tuple[tuple, int]:

@@ -2,8 +2,8 @@
 
 Prompt sources (a run's final adapter and its checkpoints), where a model's fixed map is
 cached, token labels and search, the neighbour table (exact cosine against the LSH forest,
-with recall@k), the vocabulary graph on a subsample of anchors, in-memory CSV / Parquet
-export, and the Graphistry upload. The page's figures are drawn in `workbench.explore_view`.
+with recall@k), in-memory CSV / Parquet export of the vocabulary tree's tables, and the
+Graphistry upload. The page's figures are drawn in `workbench.explore_view`.
 
 Two environment variables shrink the map for tests and very large vocabularies:
     WORKBENCH_MAP_TOKENS  map only the first N token ids (default: the whole vocabulary)
@@ -20,14 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from core.explore.neighbors import ExactCosine, recall_at_k
 from core.errors import WorkbenchError
 from core.store.paths import model_cache_dir
 from core.model.adapters import adapter_prompt
 from core.store.runs import Run
-from core.explore.vocabgraph import PromptPoints, graph_tables, knn_graph, map_graph, spanning_tree
 
 GRAPHISTRY_FIELDS = {  # settings key -> environment variables, first found wins
     "server": ("GRAPHISTRY_SERVER", "GRAPHISTRY_HOSTNAME"), "protocol": ("GRAPHISTRY_PROTOCOL",),
@@ -103,14 +101,15 @@ def map_settings(env=None) -> tuple[int | None, dict]:
     return values["WORKBENCH_MAP_TOKENS"], {"n_epochs": values["WORKBENCH_MAP_EPOCHS"]}
 
 
-def map_cache_dir(spec: str, limit: int | None = None) -> Path:
-    """<model cache>/vocab_maps/<model name>[-<path hash>][-first<N>]: the map's disk cache."""
+def map_cache_dir(spec: str, limit: int | None = None, kind: str = "vocab_maps") -> Path:
+    """<model cache>/<kind>/<model name>[-<path hash>][-first<N>]: the map's (kind "vocab_trees": the tree's)
+    disk cache."""
     name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(spec.rstrip("/")).name or "model")[:80]
     local = spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists()
     if local or "/" in spec:  # two folders (or hub ids) with one base name must not share a cache
         name += "-" + hashlib.blake2b(str(Path(spec).expanduser().resolve() if local else spec).encode(),
                                       digest_size=4).hexdigest()
-    return model_cache_dir() / "vocab_maps" / (name + (f"-first{limit}" if limit else ""))
+    return model_cache_dir() / kind / (name + (f"-first{limit}" if limit else ""))
 
 
 def _show(text: str) -> str:
@@ -174,43 +173,6 @@ def neighbour_table(prompts: list[tuple[str, np.ndarray]], exact: ExactCosine, f
     return pd.DataFrame(rows), recall
 
 
-def graph_anchor_ids(n_anchors: int, first: int, prompts: list[PromptPoints]) -> np.ndarray:
-    """The graph's anchors: the first `first` token ids (BPE merge order: roughly the most frequent)
-    plus every anchor a prompt vector is attached to."""
-    attached = [p.nearest[p.nearest >= 0].ravel() for p in prompts]
-    return np.unique(np.concatenate([np.arange(min(first, n_anchors)), *attached]).astype(np.int64))
-
-
-def subset_tree(normed: np.ndarray, ids: np.ndarray, k: int) -> sp.csr_matrix:
-    """Spanning tree of the exact kNN graph among the anchors ids, as a (V, V) matrix in token ids.
-
-    normed: the map's centred unit rows (V, D), so cosine is a plain dot product (no re-centring).
-    """
-    V, n = normed.shape[0], len(ids)
-    if n < 2:
-        return sp.csr_matrix((V, V))
-    sub = ExactCosine().fit(normed[ids], center=False)
-    idx, sims = sub.kneighbors(min(k, n - 1), include_self=False)  # (n, k) local ids
-    tree = spanning_tree(knn_graph(idx, sims)).tocoo()  # (n, n)
-    return sp.csr_matrix((tree.data, (ids[tree.row], ids[tree.col])), shape=(V, V))
-
-
-def vocab_graph(vocab_map, labels: list[str], prompts: list[PromptPoints], first: int,
-                k: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Node and edge tables: spanning tree over the graph's anchors, prompts attached to their tokens.
-
-    The whole vocabulary reuses the map's cached anchor kNN; a subsample gets its own exact kNN graph
-    (a kNN graph cut down to a subsample falls apart into pieces).
-    """
-    V = vocab_map.embedding_.shape[0]
-    if first >= V:
-        tree, keep = map_graph(vocab_map)[1], None
-    else:
-        keep = graph_anchor_ids(V, first, prompts)
-        tree = subset_tree(vocab_map.index_.normed_, keep, k)
-    return graph_tables(vocab_map.embedding_, labels, tree, prompts, anchor_ids=keep)
-
-
 def table_bytes(frame: pd.DataFrame, fmt: str) -> bytes:
     """A table as CSV (UTF-8) or Parquet bytes, for download buttons."""
     if fmt == "csv":
@@ -247,7 +209,7 @@ def _scrub(text: str, settings: dict) -> str:
 
 
 def graphistry_plotter(client, nodes: pd.DataFrame, edges: pd.DataFrame, colors: dict[str, str]):
-    """The graph bound for Graphistry: anchors at their fixed map x/y (layout off), colour by run."""
+    """The graph bound for Graphistry: anchors at their fixed x/y (the tree layout; play=0 keeps it), colour by run."""
     return (client.nodes(nodes, "id").edges(edges, "src", "dst")
             .bind(point_title="label", point_x="x", point_y="y", edge_weight="weight")
             .encode_point_color("run", categorical_mapping=colors, default_mapping="#94A3B8")
@@ -267,6 +229,6 @@ def graphistry_upload(nodes: pd.DataFrame, edges: pd.DataFrame, settings: dict, 
         client.register(api=3, server=settings["server"], protocol=settings.get("protocol") or "https", **auth)
         return str(graphistry_plotter(client, nodes, edges, colors).plot(
             render=False, name=name, description="Soft Prompt Workbench: prompt tokens among the vocabulary "
-            "embeddings (positions: the fixed UMAP map)"))
+            "embeddings (positions: the vocabulary tree's layout)"))
     except Exception as e:  # network, auth and server errors of any kind
         raise WorkbenchError(f"Graphistry upload to {settings['server']} failed: {_scrub(str(e), settings)}") from None

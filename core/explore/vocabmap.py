@@ -176,32 +176,20 @@ class VocabMap:
 
     def save(self, folder) -> Path:
         """Write embedding.npy, knn_indices.npy, knn_sims.npy and meta.json (last) into folder."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "meta.json").unlink(missing_ok=True)  # a half-written cache never looks valid
-        for name in ("embedding", "knn_indices", "knn_sims"):
-            np.save(folder / f"{name}.npy", getattr(self, f"{name}_"), allow_pickle=False)
-        V, D = self.index_.normed_.shape
-        write_json_atomic(folder / "meta.json", {
-            "version": CACHE_VERSION, "params": self.params_, "anchors_shape": [V, D],
+        return save_cache(folder, {name: getattr(self, f"{name}_") for name in self.ARRAYS}, {
+            "version": CACHE_VERSION, "params": self.params_, "anchors_shape": list(self.index_.normed_.shape),
             "fingerprint": self.fingerprint_, "fit_seconds": round(self.fit_seconds_, 2)})
-        return folder
+
+    ARRAYS = ("embedding", "knn_indices", "knn_sims")
 
     @classmethod
     def load(cls, folder, anchors) -> "VocabMap":
         """The map cached in folder, checked against anchors; StaleMapError if it does not match."""
-        folder = Path(folder)
-        meta = read_json(folder / "meta.json")
-        if not meta or meta.get("version") != CACHE_VERSION:
-            raise StaleMapError(f"no usable map cache in {folder}")
-        a = _as_matrix(anchors, "anchors")
-        if meta["anchors_shape"] != list(a.shape) or meta["fingerprint"] != fingerprint(a):
-            raise StaleMapError(f"map cache in {folder} was built for other anchors ({meta['anchors_shape']})")
+        meta, arrays, a = load_cache(folder, anchors, cls.ARRAYS, CACHE_VERSION, "map")
         vmap = cls()
         vmap.params_ = check_params(**meta["params"])
         vmap.fingerprint_, vmap.fit_seconds_ = meta["fingerprint"], meta.get("fit_seconds", 0.0)
-        for name in ("embedding", "knn_indices", "knn_sims"):
-            arr = np.load(folder / f"{name}.npy", allow_pickle=False)
+        for name, arr in arrays.items():
             if arr.shape[0] != a.shape[0]:
                 raise StaleMapError(f"{name}.npy in {folder} has {arr.shape[0]} rows, expected {a.shape[0]}")
             setattr(vmap, f"{name}_", arr)
@@ -209,17 +197,46 @@ class VocabMap:
         return vmap
 
 
-def load_or_fit(cache_dir, anchors, progress: Progress | None = None, **params) -> VocabMap:
-    """The cached map if it matches these anchors and parameters, else a fresh fit (saved)."""
-    wanted = check_params(**params)
+def save_cache(folder, arrays: dict[str, np.ndarray], meta: dict) -> Path:
+    """Write <name>.npy for each array, then meta.json: a half-written cache never looks valid."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "meta.json").unlink(missing_ok=True)
+    for name, arr in arrays.items():
+        np.save(folder / f"{name}.npy", arr, allow_pickle=False)
+    write_json_atomic(folder / "meta.json", meta)
+    return folder
+
+
+def load_cache(folder, anchors, names, version: int, what: str) -> tuple[dict, dict[str, np.ndarray], np.ndarray]:
+    """(meta, {name: array}, anchors as float32) of a cache save_cache wrote for these anchors (same shape and
+    fingerprint, meta version == version); StaleMapError (naming `what`) if there is none."""
+    folder = Path(folder)
+    meta = read_json(folder / "meta.json")
+    if not meta or meta.get("version") != version:
+        raise StaleMapError(f"no usable {what} cache in {folder}")
+    a = _as_matrix(anchors, "anchors")
+    if meta["anchors_shape"] != list(a.shape) or meta["fingerprint"] != fingerprint(a):
+        raise StaleMapError(f"{what} cache in {folder} was built for other anchors ({meta['anchors_shape']})")
+    return meta, {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in names}, a
+
+
+def cached_fit(cls, cache_dir, anchors, wanted: dict, progress: Progress | None, what: str, **fit_args):
+    """cls.load(cache_dir, anchors) if it matches and was built with the parameters wanted, else
+    cls().fit(anchors, **wanted, **fit_args), saved to cache_dir."""
     try:
-        cached = VocabMap.load(cache_dir, anchors)
+        cached = cls.load(cache_dir, anchors)
         if cached.params_ == wanted:
             if progress:
-                progress(1.0, "map loaded from cache")
+                progress(1.0, f"{what} loaded from cache")
             return cached
     except (StaleMapError, OSError, ValueError, KeyError, TypeError):
         pass
-    fitted = VocabMap().fit(anchors, progress=progress, **wanted)
+    fitted = cls().fit(anchors, progress=progress, **wanted, **fit_args)
     fitted.save(cache_dir)
     return fitted
+
+
+def load_or_fit(cache_dir, anchors, progress: Progress | None = None, **params) -> VocabMap:
+    """The cached map if it matches these anchors and parameters, else a fresh fit (saved)."""
+    return cached_fit(VocabMap, cache_dir, anchors, check_params(**params), progress, "map")
