@@ -233,33 +233,10 @@ class Generator:
     @on_model_device
     @torch.no_grad()
     def log_likelihood(self, rows: list[tuple[System, str, str]]) -> list[float]:
-        """Mean log-probability per token of each reference (target + end marker) under each system.
-
-        Each row runs from its system's prefix (the token run all its rows share, cached once);
-        rows of all systems are batched by the length of what follows, so batches carry little padding."""
-        if self.seq2seq:
-            from core.generate import seq2seq
-            return seq2seq.log_likelihood(self, rows)
-        out, seqs, targets, heads = [0.0] * len(rows), [], [], {}
-        for system, x, target in rows:
-            t = self.formatter(system).target_ids(target)
-            seqs.append(self.prompt_ids(system, x) + t)
-            targets.append(len(t))
-            heads.setdefault(system.name, []).append(seqs[-1][:len(seqs[-1]) - len(t)])
-        common = {name: _common_prefix(group) for name, group in heads.items()}
-        cut = [common[s.name] for s, _, _ in rows]
-        order = sorted(range(len(rows)), key=lambda i: (len(seqs[i]) - cut[i], rows[i][0].name))
-        for b in range(0, len(order), self.batch_size):
-            idx = order[b:b + self.batch_size]
-            parts = [(self.prefix(rows[i][0], tuple(seqs[i][:cut[i]])), seqs[i][cut[i]:]) for i in idx]
-            ids, mask, pos, cache = self._batch_inputs(parts)
-            logp = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                              use_cache=False, logits_to_keep=max(targets[i] for i in idx) + 1  # targets only
-                              ).logits.float().log_softmax(-1)  # (B, max target + 1, V)
-            for r, i in enumerate(idx):
-                n = targets[i]  # the last n tokens are the target, each predicted from the position before it
-                out[i] = float(logp[r, -n - 1:-1].gather(-1, ids[r, -n:, None]).mean())
-        return out
+        """Mean log-probability per token of each reference (target + end marker) under each system
+        (core/generate/loglik.py for causal LMs, seq2seq.py for encoder-decoder models)."""
+        from core.generate import loglik, seq2seq
+        return (seq2seq if self.seq2seq else loglik).log_likelihood(self, rows)
 
 
 def _layers(cache) -> KV:
