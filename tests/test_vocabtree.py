@@ -95,7 +95,7 @@ def test_cache_reopen_is_identical_and_checked(tree, tmp_path, monkeypatch):
 
 def test_lsh_forest_source_and_its_exact_fallback(monkeypatch):
     """The seed's way: neighbours from the LSH forest; rows the forest leaves short are filled by exact search."""
-    lsh = dict(n_bits=64, num_perm=32, l=4, candidates_per_k=200, family="bands", bits_per_token=2)
+    lsh = dict(trees=2, branching=4, depth=2, candidates_per_k=200, graph_k=0, ef=0)
     real = vocabtree.anchor_neighbors
 
     def short(index, anchors, k):  # the forest finds nothing for tokens 0-9
@@ -116,7 +116,7 @@ def test_bad_parameters_quote_the_value():
     with pytest.raises(ValueError, match="got 'umap'"):
         check_params(source="umap")
     with pytest.raises(ValueError, match="unknown LSH"):
-        check_params(source="lsh", lsh={"trees": 3})
+        check_params(source="lsh", lsh={"n_bits": 64})
     with pytest.raises(ValueError, match=r"\[1, 9\]"):
         VocabTree().fit(ANCHORS[:10], k=12)
 
