@@ -55,12 +55,22 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
+# Fields that watch a run without changing what it learns: a run trained without them still counts.
+WATCH_ONLY = ("beat_examples",)
+
+
+def trains_alike(a: TuneConfig, b: TuneConfig) -> bool:
+    """Equal configs, up to the fields that only watch the run (WATCH_ONLY)."""
+    keep = {f: getattr(b, f) for f in WATCH_ONLY if hasattr(b, f)}
+    return dataclasses.replace(a, **keep) == b
+
+
 def trained_run(cfg: TuneConfig, tag: str) -> tuple[Run, dict]:
     """The completed run for this config (trained now in a child process, or found from before)."""
     # a run of an equal config counts too: trained under another tag, or before a field with an
     # unchanged default was added to TuneConfig (which changes the digest in the name)
     same = [Run.open(p.name) for p in sorted(runs_dir().glob(f"results-{cfg.task}-*"))]
-    done = [r for r in same if r.status().get("state") == "completed" and r.config() == cfg]
+    done = [r for r in same if r.status().get("state") == "completed" and trains_alike(r.config(), cfg)]
     run = done[0] if done else run_for_config(cfg, f"results-{cfg.task}" + (f"-{tag.strip('-')}" if tag.strip("-") else ""))
     if run.status().get("state") == "completed":
         saved = read_json(run.path / "results-train.json", default=None)
