@@ -22,6 +22,7 @@ from core import settings
 from core.train.heap import keep_freed_memory
 from core.config import TuneConfig
 from core.train.fastloss import labelled_loss
+from core.train.pieces import loss_in_pieces
 from core.generate.formatting import EncodedDataset, Formatter, PadCollator
 from core.generate.generator import Decoding, Generator, System
 from core.generate.variants import augment
@@ -122,9 +123,19 @@ class PromptTrainer(Trainer):
     loss_is_scaled_for_ga = False  # labelled_loss is a per-batch mean: Trainer divides for accumulation
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        with self.accelerator.autocast():  # bf16 precision: labelled_loss calls past the wrapped forward
-            loss = labelled_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+        def piece_loss(batch):
+            with self.accelerator.autocast():  # bf16 precision: labelled_loss calls past the wrapped forward
+                return labelled_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+
+        loss = loss_in_pieces(piece_loss, inputs, self.step_tokens(model), self.accelerator.backward)
         return (loss, {"loss": loss}) if return_outputs else loss
+
+    def step_tokens(self, model) -> int:
+        """The token budget of a training step's pieces (core/train/pieces.py): on one CPU process only
+        (several processes synchronise gradients at each backward pass); 0 = the batch whole."""
+        single = self.accelerator.num_processes == 1 and self.args.gradient_accumulation_steps == 1
+        training = model.training and torch.is_grad_enabled()
+        return settings.SETTINGS.step_tokens if single and training and model.device.type == "cpu" else 0
 
 
 def training_args(cfg: TuneConfig, run: Run) -> TrainingArguments:

@@ -1,0 +1,50 @@
+"""A training batch over the token budget runs in pieces with the whole batch's loss and gradient."""
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from core.config import TuneConfig
+from core.generate.formatting import EncodedDataset, Formatter, PadCollator
+from core.train.fastloss import labelled_loss
+from core.train.methods import build_peft_model
+from core.train.pieces import loss_in_pieces, pieces
+
+ROWS = [{"input": "short", "target": "a"}, {"input": "a much longer input here, with more words", "target": "two words"},
+        {"input": "medium input", "target": "three words here"}, {"input": "x", "target": "y"},
+        {"input": "another fairly long input for the batch", "target": "z"}]
+
+
+def test_pieces_keep_within_the_budget_and_cover_every_row_once():
+    mask = torch.zeros(6, 40, dtype=torch.long)
+    for i, n in enumerate([40, 5, 22, 30, 8, 12]):
+        mask[i, :n] = 1
+    parts = pieces(mask, budget=64)
+    assert sorted(torch.cat(parts).tolist()) == list(range(6))
+    lengths = mask.sum(1)
+    for rows in parts:
+        assert len(rows) == 1 or len(rows) * int(lengths[rows].max()) <= 64
+    assert len(pieces(mask, budget=0)) == 1 and len(pieces(mask, budget=6 * 40)) == 1  # off / within the budget
+
+
+@pytest.mark.parametrize("method", ["prompt-tuning", "prefix-tuning"])
+def test_loss_and_gradient_in_pieces_equal_the_whole_batchs(tiny_model_dir, tokenizer, method):
+    torch.manual_seed(0)
+    model = build_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer,
+                             TuneConfig(num_virtual_tokens=3, method=method), tiny_model_dir)
+    ds = EncodedDataset(ROWS, Formatter(tokenizer, "plain", "Q: {input}"))
+    batch = PadCollator(tokenizer.pad_token_id)([ds[i] for i in range(len(ROWS))])
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_fn(b):
+        return labelled_loss(model, b["input_ids"], b["attention_mask"], b["labels"])
+
+    whole = loss_fn(batch)
+    ref = torch.autograd.grad(whole, params)
+    budget = 2 * batch["input_ids"].shape[1]  # two of the longest rows a piece
+    assert len(pieces(batch["attention_mask"], budget)) > 1
+    loss = loss_in_pieces(loss_fn, batch, budget, backward=lambda piece: piece.backward())
+    loss.backward()
+    assert loss.item() == pytest.approx(whole.item(), rel=1e-5)
+    for p, r in zip(params, ref):
+        assert torch.allclose(p.grad, r, rtol=1e-4, atol=1e-6)
+
