@@ -131,10 +131,14 @@ def main(argv=None) -> dict:
             app = round(peak_of([sys.executable, str(script)], env), 3)
             print(f"app, every page visited (Compare with a comparison, Explore's three views): peak RSS {app:.2f} GiB",
                   flush=True)
-    res = {"runs": runs, "app_peak_rss_gib": app, "target_gib": TARGET_GIB, "full_runs": a.steps is None,
-           "max_tune_peak_rss_gib": max((r["peak_rss_gib"] for r in runs.values()), default=None)}
     out = REPO / "bench-results" / "memory.json"
     out.parent.mkdir(exist_ok=True)
+    before = json.loads(out.read_text()) if out.exists() else {}
+    if before.get("full_runs") == (a.steps is None) and "runs" in before:  # a subset of tasks updates the rest
+        runs = {**before["runs"], **runs}
+        app = app if app is not None else before.get("app_peak_rss_gib")
+    res = {"runs": runs, "app_peak_rss_gib": app, "target_gib": TARGET_GIB, "full_runs": a.steps is None,
+           "max_tune_peak_rss_gib": max((r["peak_rss_gib"] for r in runs.values()), default=None)}
     out.write_text(json.dumps(res, indent=2))
     return res
 

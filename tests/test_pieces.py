@@ -7,7 +7,7 @@ from core.config import TuneConfig
 from core.generate.formatting import EncodedDataset, Formatter, PadCollator
 from core.train.fastloss import labelled_loss
 from core.train.methods import build_peft_model
-from core.train.pieces import loss_in_pieces, pieces
+from core.train.pieces import bucket_width, loss_in_pieces, piece_of, pieces
 
 ROWS = [{"input": "short", "target": "a"}, {"input": "a much longer input here, with more words", "target": "two words"},
         {"input": "medium input", "target": "three words here"}, {"input": "x", "target": "y"},
@@ -48,3 +48,38 @@ def test_loss_and_gradient_in_pieces_equal_the_whole_batchs(tiny_model_dir, toke
     for p, r in zip(params, ref):
         assert torch.allclose(p.grad, r, rtol=1e-4, atol=1e-6)
 
+
+
+def test_widths_come_from_a_short_ladder_with_little_padding():
+    widths = [bucket_width(w) for w in range(1, 257)]
+    assert all(w <= b <= w * 1.07 + 1 for w, b in zip(range(1, 257), widths))  # a few percent at most
+    assert len(set(widths[69:101])) <= 9  # summarisation's 70-101 tokens: a handful of sizes, not 32
+    assert bucket_width(80) == 80 and bucket_width(81) == 84 and bucket_width(20) == 20
+
+
+@pytest.mark.parametrize("budget", [0, 10_000])
+def test_a_piece_padded_to_its_bucket_gives_the_same_loss_and_gradient(tiny_model_dir, tokenizer, budget):
+    torch.manual_seed(0)
+    model = build_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer,
+                             TuneConfig(num_virtual_tokens=3), tiny_model_dir)
+    for k in range(40, 60):  # a longest row whose width is not on the ladder
+        rows = ROWS + [{"input": "word " * k, "target": "done"}]
+        ds = EncodedDataset(rows, Formatter(tokenizer, "plain", "Q: {input}"))
+        batch = PadCollator(tokenizer.pad_token_id)([ds[i] for i in range(len(rows))])
+        width = batch["input_ids"].shape[1]
+        if bucket_width(width) > width:
+            break
+    padded = piece_of(batch, torch.arange(len(rows)))
+    assert padded["input_ids"].shape[1] == bucket_width(width) and not padded["attention_mask"][:, width:].any()
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_fn(b):
+        return labelled_loss(model, b["input_ids"], b["attention_mask"], b["labels"])
+
+    ref = loss_fn(batch)
+    ref_grads = torch.autograd.grad(ref, params)
+    loss = loss_in_pieces(loss_fn, batch, budget, backward=lambda piece: piece.backward())
+    grads = torch.autograd.grad(loss, params)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, rtol=1e-4, atol=1e-6)
