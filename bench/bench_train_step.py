@@ -109,9 +109,9 @@ def main() -> dict:
 
 
 def pieces_cost(tok, model, step, reps: int = 3) -> dict:
-    """A long batch (summarisation's longest training rows: 8 x ~240 tokens, the inputs at the task's
-    192-token cap) as one piece and in pieces of WORKBENCH_STEP_TOKENS (core/train/pieces.py), timed in
-    turn: what bounding the step's memory costs in time."""
+    """Summarisation's longest training rows (8 x ~93 tokens) as one piece and in pieces of at most
+    WORKBENCH_STEP_TOKENS, and never more than half the batch (core/train/pieces.py), timed in turn:
+    what bounding a step's memory costs in time."""
     from core import settings
     from core.train.pieces import loss_in_pieces
 
@@ -122,7 +122,7 @@ def pieces_cost(tok, model, step, reps: int = 3) -> dict:
         y = tok(" " + r["target"], add_special_tokens=False)["input_ids"][:48]
         items.append({"input_ids": x + y, "labels": [IGNORE] * len(x) + y})
     long = PadCollator(tok.pad_token_id)(items)
-    budget = settings.SETTINGS.step_tokens
+    budget = min(settings.SETTINGS.step_tokens, long["input_ids"].numel() // 2 + 1) or 1  # at least two pieces
 
     def loss_of(b):
         return labelled_loss(model, b["input_ids"], b["attention_mask"], b["labels"])

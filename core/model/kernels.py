@@ -118,10 +118,11 @@ def joined_weight(*linears: torch.nn.Module) -> torch.Tensor | None:
     if cached is not None and _rows_of(cached, ws):
         return cached
     joined = torch.cat([w.detach() for w in ws])  # (sum of outputs, inputs)
-    start = 0
+    start, mapped = 0, _file_mappings()
     for m in linears:
-        rows = m.weight.shape[0]
+        rows, old = m.weight.shape[0], m.weight.data
         m.weight.data = joined[start:start + rows]  # the same Parameter, now a view: one copy of the weights
+        _drop_pages(old, mapped)  # a weight read from the model file leaves the resident set
         start += rows
     linears[0]._joined_weight = joined
     return joined
@@ -149,8 +150,41 @@ def own_weights(model: torch.nn.Module) -> None:
     if getattr(model, "_owns_weights", False):
         return
     joined = {m._joined_weight.untyped_storage().data_ptr() for m in model.modules() if hasattr(m, "_joined_weight")}
+    mapped = _file_mappings()
     with torch.no_grad():
         for t in [*model.parameters(), *model.buffers()]:
             if not t.requires_grad and t.untyped_storage().data_ptr() not in joined:  # joined ones are copies already
-                t.data = t.data.clone()
+                old = t.data
+                t.data = old.clone()
+                _drop_pages(old, mapped)  # its file pages leave the resident set now, not when the mapping closes
     model._owns_weights = True
+
+
+_PAGE = 4096
+_MADV_DONTNEED = 4
+
+
+def _file_mappings() -> list[tuple[int, int]]:
+    """Address ranges of this process mapped from safetensors files (/proc/self/maps; [] elsewhere)."""
+    try:
+        with open("/proc/self/maps") as f:
+            lines = [line.split() for line in f if line.rstrip().endswith(".safetensors")]
+    except OSError:
+        return []
+    return [tuple(int(x, 16) for x in parts[0].split("-")) for parts in lines]
+
+
+def _drop_pages(t: torch.Tensor, mapped: list[tuple[int, int]]) -> None:
+    """Drop the resident pages of a tensor read from a file mapping (re-read from the file if touched
+    again, so nothing can change); a tensor in anonymous memory is left alone."""
+    start, end = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+    if not any(lo <= start and end <= hi for lo, hi in mapped):
+        return
+    lo, hi = -(-start // _PAGE) * _PAGE, end // _PAGE * _PAGE  # the whole pages inside the tensor
+    if hi > lo:
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_DONTNEED)
+        except (OSError, AttributeError):
+            pass
