@@ -109,6 +109,7 @@ def main(argv=None) -> dict:
     p.add_argument("--tasks", nargs="*", default=list(TASKS), choices=TASKS)
     p.add_argument("--steps", type=int, default=None, help="cut every run to N steps (default: the full run)")
     p.add_argument("--no-app", action="store_true", help="skip the app measurement")
+    p.add_argument("--app-run", help="the run the app compares and explores (default: the last task's run)")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         sys.path.insert(0, str(REPO))
@@ -125,19 +126,20 @@ def main(argv=None) -> dict:
                   + (f"passed the best hard prompt at step {passed['step']}, {passed['seconds'] / 60:.1f} min"
                      if passed else "did not pass the best hard prompt"), flush=True)
         app = None
-        if not a.no_app and runs:
+        if not a.no_app and (runs or a.app_run):
             script = Path(tmp) / "app.py"
-            script.write_text(APP.format(repo=str(REPO), run=runs[a.tasks[-1]]["run"]))
+            script.write_text(APP.format(repo=str(REPO), run=a.app_run or runs[a.tasks[-1]]["run"]))
             app = round(peak_of([sys.executable, str(script)], env), 3)
             print(f"app, every page visited (Compare with a comparison, Explore's three views): peak RSS {app:.2f} GiB",
                   flush=True)
     out = REPO / "bench-results" / "memory.json"
     out.parent.mkdir(exist_ok=True)
     before = json.loads(out.read_text()) if out.exists() else {}
-    if before.get("full_runs") == (a.steps is None) and "runs" in before:  # a subset of tasks updates the rest
+    if "runs" in before and (not runs or before.get("full_runs") == (a.steps is None)):  # a subset updates the rest
         runs = {**before["runs"], **runs}
         app = app if app is not None else before.get("app_peak_rss_gib")
-    res = {"runs": runs, "app_peak_rss_gib": app, "target_gib": TARGET_GIB, "full_runs": a.steps is None,
+    full = a.steps is None if a.tasks else before.get("full_runs")
+    res = {"runs": runs, "app_peak_rss_gib": app, "target_gib": TARGET_GIB, "full_runs": full,
            "max_tune_peak_rss_gib": max((r["peak_rss_gib"] for r in runs.values()), default=None)}
     out.write_text(json.dumps(res, indent=2))
     return res
