@@ -52,3 +52,18 @@ def test_a_run_records_each_evaluations_score_and_when_it_passed(home, tiny_mode
     passed = first_pass(points, beat["hard"])
     assert beat["passed"] == (passed and {k: passed[k] for k in ("step", "seconds", "score")})
     assert ("Passed the best hard prompt" if passed else "Not past the best hard prompt") in beat_text(beat)
+
+
+def test_results_table_says_when_each_task_passed_the_hard_prompt(tmp_path):
+    import json
+
+    from core.evaluate.report import results_table
+    base = {"metric": "accuracy", "n": 20, "soft": 0.75, "best_hard": 0.45, "best_hard_system": "hard: default (chat)",
+            "bare": 0.0, "train_s": 48.0}
+    rows = [{**base, "task": "sentiment", "beat": {"step": 50, "seconds": 54.0, "hard": 0.5, "n": 16}},
+            {**base, "task": "qa", "beat": {"step": None, "seconds": None, "hard": 0.5, "n": 16}},
+            {**base, "task": "paraphrase"}]  # trained before the column existed
+    path = tmp_path / "results-test.json"
+    path.write_text(json.dumps({"machine": "test", "rows": rows}))
+    table = results_table(path)
+    assert [r["passes best hard at"] for r in table["rows"]] == ["step 50, 0.9 min", "not in the run", None]
