@@ -83,3 +83,27 @@ def test_a_piece_padded_to_its_bucket_gives_the_same_loss_and_gradient(tiny_mode
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     for g, r in zip(grads, ref_grads):
         assert torch.allclose(g, r, rtol=1e-4, atol=1e-6)
+
+
+def test_labelled_rows_padded_to_the_ladder_give_pefts_loss_and_gradient(tiny_model_dir, tokenizer):
+    """With more than 32 labelled tokens off the ladder, the last layer and the head run on a few
+    unlabelled rows more (core/train/fastloss.py): the loss and gradient stay PEFT's."""
+    torch.manual_seed(0)
+    model = build_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer,
+                             TuneConfig(num_virtual_tokens=3), tiny_model_dir)
+    fmt = Formatter(tokenizer, "plain", "Q: {input}", max_target_tokens=64)
+    for k in range(10, 30):
+        rows = [{"input": "a question", "target": "many words " * k}, {"input": "another", "target": "yes"}]
+        batch = PadCollator(tokenizer.pad_token_id)([EncodedDataset(rows, fmt)[i] for i in range(2)])
+        labelled = int((batch["labels"][:, 1:] != -100).sum())
+        if labelled > 32 and bucket_width(labelled) > labelled:
+            break
+    assert labelled > 32 and bucket_width(labelled) > labelled  # the rows are padded
+    params = [p for p in model.parameters() if p.requires_grad]
+    ref = model(**batch).loss
+    ref_grads = torch.autograd.grad(ref, params)
+    ours = labelled_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    grads = torch.autograd.grad(ours, params)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, rtol=1e-4, atol=1e-6)
