@@ -92,8 +92,8 @@ def test_labelled_rows_padded_to_the_ladder_give_pefts_loss_and_gradient(tiny_mo
     model = build_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer,
                              TuneConfig(num_virtual_tokens=3), tiny_model_dir)
     fmt = Formatter(tokenizer, "plain", "Q: {input}", max_target_tokens=64)
-    for k in range(10, 30):
-        rows = [{"input": "a question", "target": "many words " * k}, {"input": "another", "target": "yes"}]
+    for k in range(30, 60):
+        rows = [{"input": "a question", "target": "word " * k}, {"input": "another", "target": "yes"}]
         batch = PadCollator(tokenizer.pad_token_id)([EncodedDataset(rows, fmt)[i] for i in range(2)])
         labelled = int((batch["labels"][:, 1:] != -100).sum())
         if labelled > 32 and bucket_width(labelled) > labelled:
