@@ -1,16 +1,20 @@
-"""Peak memory (RSS) of a default tuning run and of the app with the model loaded, bundled model.
+"""Peak memory (RSS) of every built-in task's default run and of the app with every page visited, bundled model.
 
-1. tuning: `python -m workbench tune --task paraphrase` with the task's defaults (steps cut to 30:
-   the peak is reached in the first steps and evaluations), in its own process; its peak RSS (the
-   process's own VmHWM, see `measured`). Target: <= 2.5 GiB.
-2. app: the Compare page (base model, generator, a comparison of the soft prompt, hard prompts
-   and the bare model on 8 test inputs) and the Explore page (vocabulary map and index) rendered
-   one after the other in one process with Streamlit's AppTest, as the server process would hold
-   them; its peak RSS.
+1. tuning: `python -m workbench tune --task T` with the task's full defaults (TuneConfig.for_task,
+   core/tasks.py TASK_DEFAULTS), each task in its own process; its peak RSS (the process's own
+   VmHWM, see `measured`), its wall time and where it passed the best hard prompt
+   (core/evaluate/beat.py). Target: <= 2.5 GiB for every task.
+2. app: every page rendered in turn in one process with Streamlit's AppTest, as the server process
+   would hold them: Home, Tune, Sweep, Runs, Compare (base model, generator, a comparison of a
+   soft prompt, hard prompts and the bare model on 8 test inputs), Explore (vocabulary map and
+   index, then the Graph and Neighbours views), Results; its peak RSS. Target: <= 2.5 GiB.
+Runs go to $WORKBENCH_HOME when it is set (kept, for a look afterwards), else to a temporary folder.
+`--tasks` picks tasks, `--steps N` cuts every run to N steps (a quick look, not the figure), `--no-app`.
 Writes bench-results/memory.json.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -23,6 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_GIB = 2.5
+TASKS = ("paraphrase", "summarisation", "qa", "translation", "sentiment")
 
 
 def measured(cmd: list[str], env: dict | None = None) -> tuple[int, float, str]:
@@ -64,37 +69,78 @@ APP = textwrap.dedent("""
     import sys
     sys.path.insert(0, {repo!r})
     from streamlit.testing.v1 import AppTest
-    at = AppTest.from_file({repo!r} + "/pages/compare.py", default_timeout=900)
-    at.session_state["cmp_runs"] = [{run!r}]
-    at.session_state["cmp_n"] = 8
-    at.run()
-    at.button(key="cmp_go").click().run()
-    assert not at.exception, at.exception
-    ex = AppTest.from_file({repo!r} + "/pages/explore.py", default_timeout=900)
-    ex.session_state["exp_runs"] = [{run!r}]
-    ex.run()
-    assert not ex.exception, ex.exception
+
+    def page(name, state=None, click=None):
+        at = AppTest.from_file({repo!r} + "/pages/" + name + ".py", default_timeout=1800)
+        for k, v in (state or {{}}).items():
+            at.session_state[k] = v
+        at.run()
+        if click:
+            at.button(key=click).click().run()
+        assert not at.exception, (name, at.exception)
+        return at
+
+    for name in ("home", "tune", "sweep", "runs"):
+        page(name)
+    page("compare", {{"cmp_runs": [{run!r}], "cmp_n": 8}}, click="cmp_go")
+    for view in ("Map", "Graph", "Neighbours"):
+        page("explore", {{"exp_runs": [{run!r}], "exp_view": view}})
+    page("results")
 """)
 
 
-def main() -> dict:
-    with tempfile.TemporaryDirectory() as home:
+def tune(task: str, env: dict, steps: int | None) -> dict:
+    """The task's default run in its own process: peak RSS, wall time, when it passed the best hard prompt."""
+    run_id = f"mem-{task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cmd = [sys.executable, "-m", "workbench", "tune", "--task", task, "--run-id", run_id]
+    t0 = time.time()
+    code, peak, err = measured(cmd + (["--steps", str(steps)] if steps else []), env)
+    if code != 0:
+        sys.exit(f"{task} run failed ({code}): {err[-1500:]}")
+    status = json.loads((Path(env["WORKBENCH_HOME"]) / "runs" / run_id / "status.json").read_text())
+    beat = status.get("beat") or {}
+    return {"run": run_id, "peak_rss_gib": round(peak, 3), "wall_s": round(time.time() - t0, 1),
+            "steps": status.get("step"), "sec_per_step": status.get("sec_per_step"),
+            "passed_hard": beat.get("passed"), "hard": beat.get("hard"), "beat_n": beat.get("n")}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tasks", nargs="*", default=list(TASKS), choices=TASKS)
+    p.add_argument("--steps", type=int, default=None, help="cut every run to N steps (default: the full run)")
+    p.add_argument("--no-app", action="store_true", help="skip the app measurement")
+    p.add_argument("--app-run", help="the run the app compares and explores (default: the last task's run)")
+    a = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
         sys.path.insert(0, str(REPO))
         from core.store.paths import model_cache_dir
+        home = os.environ.get("WORKBENCH_HOME") or tmp
         env = {**os.environ, "WORKBENCH_HOME": home, "PYTHONPATH": str(REPO),
                "WORKBENCH_MODEL_CACHE": str(model_cache_dir())}  # the converted model and map, not reconverted
-        tune = peak_of([sys.executable, "-m", "workbench", "tune", "--task", "paraphrase", "--steps", "30",
-                           "--eval-every", "15", "--run-id", "mem"], env)
-        print(f"default tuning run (paraphrase defaults, 30 steps): peak RSS {tune:.2f} GiB "
-              f"({tune / TARGET_GIB:.2f}x the {TARGET_GIB} GiB target)", flush=True)
-        script = Path(home) / "app.py"
-        script.write_text(APP.format(repo=str(REPO), run="mem"))
-        app = peak_of([sys.executable, str(script)], env)
-        print(f"app with the model loaded (Compare + Explore pages): peak RSS {app:.2f} GiB", flush=True)
-    res = {"tune_peak_rss_gib": round(tune, 3), "app_peak_rss_gib": round(app, 3), "target_gib": TARGET_GIB,
-           "tune_ratio_to_target": round(tune / TARGET_GIB, 3)}
+        runs = {}
+        for task in a.tasks:
+            runs[task] = r = tune(task, env, a.steps)
+            passed = r["passed_hard"]
+            print(f"{task}: peak RSS {r['peak_rss_gib']:.2f} GiB ({r['peak_rss_gib'] / TARGET_GIB:.2f}x the "
+                  f"{TARGET_GIB} GiB target), {r['steps']} steps in {r['wall_s'] / 60:.1f} min, "
+                  + (f"passed the best hard prompt at step {passed['step']}, {passed['seconds'] / 60:.1f} min"
+                     if passed else "did not pass the best hard prompt"), flush=True)
+        app = None
+        if not a.no_app and (runs or a.app_run):
+            script = Path(tmp) / "app.py"
+            script.write_text(APP.format(repo=str(REPO), run=a.app_run or runs[a.tasks[-1]]["run"]))
+            app = round(peak_of([sys.executable, str(script)], env), 3)
+            print(f"app, every page visited (Compare with a comparison, Explore's three views): peak RSS {app:.2f} GiB",
+                  flush=True)
     out = REPO / "bench-results" / "memory.json"
     out.parent.mkdir(exist_ok=True)
+    before = json.loads(out.read_text()) if out.exists() else {}
+    if "runs" in before and (not runs or before.get("full_runs") == (a.steps is None)):  # a subset updates the rest
+        runs = {**before["runs"], **runs}
+        app = app if app is not None else before.get("app_peak_rss_gib")
+    full = a.steps is None if a.tasks else before.get("full_runs")
+    res = {"runs": runs, "app_peak_rss_gib": app, "target_gib": TARGET_GIB, "full_runs": full,
+           "max_tune_peak_rss_gib": max((r["peak_rss_gib"] for r in runs.values()), default=None)}
     out.write_text(json.dumps(res, indent=2))
     return res
 

@@ -1,6 +1,7 @@
 """Tuning-step cost on the bundled model: one training step of prompt tuning (20 virtual tokens,
 batch 8, 64-token inputs) against one plain no-grad forward pass over the same batch; PEFT's own
-loss path against the workbench's (core/train/fastloss.py); the Trainer loop against a bare PyTorch loop.
+loss path against the workbench's (core/train/fastloss.py); a long batch whole and in pieces
+(core/train/pieces.py); the Trainer loop against a bare PyTorch loop.
 
 Forward baselines, all no-grad over the same rows: the base model as the workbench loads it
 (its frozen linear layers on oneDNN, core/model/kernels.py: the same kernels the step uses), the base
@@ -100,10 +101,37 @@ def main() -> dict:
            "peft_forward_s": t["peft_forward"], "step_over_peft_forward": our_step / t["peft_forward"],
            "bf16_step_s": bf16_step, "bf16_step_over_forward": bf16_step / fwd, "bf16_forward_s": bf16_fwd,
            "bf16_step_over_bf16_forward": bf16_step / bf16_fwd}
+    out.update(pieces_cost(lm.tokenizer, model, step))
     loops = sorted((loop_overhead(lm) for _ in range(3)), key=lambda r: r["trainer_over_bare"])
     out.update(loops[1])  # the median of three: one busy moment of the machine moves a single pair by ~4%
     out["trainer_over_bare_runs"] = [round(r["trainer_over_bare"], 3) for r in loops]
     return out
+
+
+def pieces_cost(tok, model, step, reps: int = 3) -> dict:
+    """Summarisation's longest training rows (8 x ~93 tokens) as one piece and in pieces of at most
+    WORKBENCH_STEP_TOKENS, and never more than half the batch (core/train/pieces.py), timed in turn:
+    what bounding a step's memory costs in time."""
+    from core import settings
+    from core.train.pieces import loss_in_pieces
+
+    rows = sorted(load_task("summarisation").train, key=lambda r: -len(r["input"]))[:B]
+    items = []
+    for r in rows:
+        x = tok(r["input"], add_special_tokens=False)["input_ids"][:192]
+        y = tok(" " + r["target"], add_special_tokens=False)["input_ids"][:48]
+        items.append({"input_ids": x + y, "labels": [IGNORE] * len(x) + y})
+    long = PadCollator(tok.pad_token_id)(items)
+    budget = min(settings.SETTINGS.step_tokens, long["input_ids"].numel() // 2 + 1) or 1  # at least two pieces
+
+    def loss_of(b):
+        return labelled_loss(model, b["input_ids"], b["attention_mask"], b["labels"])
+
+    t = alternating({"whole": lambda: step(lambda: loss_of(long)),
+                     "pieces": lambda: step(lambda: loss_in_pieces(loss_of, long, budget, lambda l: l.backward()))},
+                    reps=reps)
+    return {"long_batch_tokens": int(long["input_ids"].numel()), "step_tokens": budget, "long_whole_s": t["whole"],
+            "long_pieces_s": t["pieces"], "long_pieces_over_whole": t["pieces"] / t["whole"]}
 
 
 def loop_overhead(lm, steps: int = 12) -> dict:
@@ -161,6 +189,8 @@ if __name__ == "__main__":
           "model's forward")
     print(f"bf16 labelled-loss step  {res['bf16_step_s']:.3f} s  = {res['bf16_step_over_forward']:.2f}x the fp32 forward, "
           f"{res['bf16_step_over_bf16_forward']:.2f}x a bf16 forward")
+    print(f"long batch ({res['long_batch_tokens']} tokens) in pieces of {res['step_tokens']} / whole: "
+          f"{res['long_pieces_s']:.3f} / {res['long_whole_s']:.3f} s = {res['long_pieces_over_whole']:.2f}x")
     print(f"Trainer loop / bare loop {res['trainer_step_s']:.3f} / {res['bare_step_s']:.3f} s = "
           f"{res['trainer_over_bare']:.3f}x (target <= 1.05x; median of {res['trainer_over_bare_runs']})")
     Path("bench-results").mkdir(exist_ok=True)

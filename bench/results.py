@@ -30,12 +30,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.bench_memory import measured  # noqa: E402
-from core.evaluate.compare import CompareSpec, hard_systems, run_comparison, soft_system  # noqa: E402
+from core.evaluate.compare import CompareSpec, run_comparison, soft_system  # noqa: E402
 from core.config import TuneConfig  # noqa: E402
 from core.generate.generator import Generator, System  # noqa: E402
 from core.generate.variants import shifted  # noqa: E402
 from core.store.paths import read_json  # noqa: E402
-from core.evaluate.report import machine, run_for_config, shift_change  # noqa: E402
+from core.evaluate.beat import hard_prompt_systems  # noqa: E402
+from core.evaluate.report import OBSERVING, beat_text, machine, run_for_config, shift_change  # noqa: E402
 from core.store.paths import runs_dir  # noqa: E402
 from core.store.runs import Run  # noqa: E402
 from core.tasks import BUILTIN, load_task  # noqa: E402
@@ -55,13 +56,9 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
-# Fields that watch a run without changing what it learns: a run trained without them still counts.
-WATCH_ONLY = ("beat_examples",)
-
-
 def trains_alike(a: TuneConfig, b: TuneConfig) -> bool:
-    """Equal configs, up to the fields that only watch the run (WATCH_ONLY)."""
-    keep = {f: getattr(b, f) for f in WATCH_ONLY if hasattr(b, f)}
+    """Equal configs, up to the fields that only watch the run (report.OBSERVING)."""
+    keep = {f: getattr(b, f) for f in OBSERVING}
     return dataclasses.replace(a, **keep) == b
 
 
@@ -87,6 +84,15 @@ def trained_run(cfg: TuneConfig, tag: str) -> tuple[Run, dict]:
     return run, info
 
 
+def time_to_beat(run: Run) -> dict | None:
+    """Where the run passed the best hard prompt on its validation sample (core/evaluate/beat.py):
+    {"step", "seconds", "score", "hard", "n"}, {"step": None, ...} when it did not, None when not measured."""
+    beat = run.status().get("beat")
+    if not beat:
+        return None
+    return {**(beat.get("passed") or {"step": None, "seconds": None}), "hard": beat["hard"], "n": beat["n"]}
+
+
 def scores(gen: Generator, model: str, task, systems: list[System], split: str,
            shift: bool = False) -> tuple[dict, dict, dict]:
     """Per system: mean of the task's main metric, its 95% CI, and the first output (stored by key).
@@ -103,8 +109,7 @@ def scores(gen: Generator, model: str, task, systems: list[System], split: str,
 def evaluate(gen: Generator, task, run: Run, split: str, shift: bool = False) -> dict:
     """The soft prompt, and the hard prompts and bare model (computed once per task and split), on the
     split as it is or (shift) on its shifted variant."""
-    hard_list = [System(f"{s.name} ({fmt})", s.template, fmt)
-                 for fmt in ("chat", "plain") for s in hard_systems(task, fmt, shots=SHOTS)[:2]]  # 0- and k-shot
+    hard_list = hard_prompt_systems(task, SHOTS)  # 0- and k-shot, chat and plain
     model = run.config().model
     means, cis, first = scores(gen, model, task, hard_list + [System("bare model", "{input}", "chat")], split, shift)
     soft = soft_system(run.id, model)
@@ -122,7 +127,7 @@ def evaluate(gen: Generator, task, run: Run, split: str, shift: bool = False) ->
 def table(rows: list[dict], split: str) -> str:
     lines = [f"| task | metric ({split}, n) | soft prompt [95% CI] | best hard prompt [95% CI] | bare model | "
              "soft, shifted [95% CI] | best hard, shifted [95% CI] | soft under shift | soft ahead (as is / shifted) | "
-             "train time | peak RSS | defaults |",
+             "passes best hard (validation sample) | train time | peak RSS | defaults |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def pair(r: dict) -> tuple[str, str]:
@@ -138,8 +143,8 @@ def table(rows: list[dict], split: str) -> str:
         ahead = f"{'yes' if r['soft'] > r['best_hard'] else 'no'} / {'yes' if sh['soft'] > sh['best_hard'] else 'no'}"
         lines.append(f"| {r['task']} | {r['metric']} (n={r['n']}) | {soft} | {hard} "
                      f"({r['best_hard_system'].removeprefix('hard: ')}) | {r['bare']:.3f} | {s_soft} | {s_hard} | "
-                     f"{shift_change(r['soft'], sh['soft'])} | {ahead} | {r['train_s'] / 60:.1f} min | "
-                     f"{(r['peak_rss_gib'] or 0):.2f} GiB | {defaults} |")
+                     f"{shift_change(r['soft'], sh['soft'])} | {ahead} | {beat_text(r.get('beat')) or '-'} | "
+                     f"{r['train_s'] / 60:.1f} min | {(r['peak_rss_gib'] or 0):.2f} GiB | {defaults} |")
     wins = sum(r["soft"] > r["best_hard"] for r in rows)
     wins_shifted = sum(r["shifted"]["soft"] > r["shifted"]["best_hard"] for r in rows)
     lines.append(f"\nSoft prompt ahead of the best hard prompt on {wins} of {len(rows)} tasks as shipped, and on "
@@ -176,7 +181,7 @@ def main(argv=None) -> int:
             gen = Generator(lm.model, lm.tokenizer)
         t0 = time.time()
         task = load_task(name)
-        row = {"task": name, "run": run.id, **info, **evaluate(gen, task, run, a.split),
+        row = {"task": name, "run": run.id, **info, "beat": time_to_beat(run), **evaluate(gen, task, run, a.split),
                "shifted": evaluate(gen, task, run, a.split, shift=True),
                "eval_s": round(time.time() - t0, 1), "config": cfg.to_dict()}
         rows.append(row)

@@ -108,6 +108,11 @@ class TuneConfig:
     max_target_tokens: int = _f(64, "Targets are truncated to this many tokens.", min=1)
     eval_every: int = _f(50, "Evaluate on the validation split every N steps.", min=1)
     eval_examples: int = _f(64, "Validation examples used at each evaluation.", min=1)
+    beat_examples: int = _f(0, "Validation examples on which every evaluation also scores the task's main metric, to "
+                            "find the step where the soft prompt passes the best hard prompt (0 = off; the built-in "
+                            "tasks use 16). Costs a short greedy generation at each evaluation (a few seconds on "
+                            "the bundled model), and once per task the hard prompts' scores on them (cached).",
+                            min=0)
     save_every: int = _f(50, "Save a checkpoint every N steps.", min=1)
     early_stopping_patience: int = _f(0, "Stop after N evaluations without improvement (0 = off).", min=0)
     train_examples: int = _f(0, "Use at most N training examples (0 = all).", min=0)

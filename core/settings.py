@@ -35,6 +35,7 @@ class Settings:
     fused: bool = True
     keep_heap: bool = True
     max_data_mb: float = 100.0  # WORKBENCH_MAX_DATA_MB: data files over this are refused unread
+    step_tokens: int = 1024  # WORKBENCH_STEP_TOKENS: larger training batches run in pieces (core/train/pieces.py)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -51,6 +52,11 @@ class Settings:
             assert values["max_data_mb"] > 0
         except (ValueError, AssertionError):
             raise WorkbenchError(f"WORKBENCH_MAX_DATA_MB={raw!r} is not a positive number of megabytes.") from None
+        raw = env.get("WORKBENCH_STEP_TOKENS", "1024").strip()
+        if not raw.isdigit():
+            raise WorkbenchError(f"WORKBENCH_STEP_TOKENS={raw!r} is not a whole number of tokens: use e.g. 1024, "
+                                 "or 0 to run every training batch whole.")
+        values["step_tokens"] = int(raw)
         return cls(**values)
 
 

@@ -56,7 +56,8 @@ BUILTIN: dict[str, TaskSpec] = {t.name: t for t in [
 # TuneConfig's general defaults. Format augmentation is chosen on the validation split as it is and
 # on its shifted variant together (docs/results.md): it holds qa, paraphrase and translation up off their layout; on sentiment it
 # cost accuracy on both, so it stays off there.
-_PLAIN = {"prompt_format": "plain", "eval_examples": 32}  # plain text: 2-4x shorter sequences than the chat template
+_PLAIN = {"prompt_format": "plain", "eval_examples": 32,  # plain text: 2-4x shorter sequences than the chat template
+          "beat_examples": 16}  # when the soft prompt passes the best hard prompt (core/evaluate/beat.py)
 TASK_DEFAULTS: dict[str, dict] = {
     "paraphrase": {**_PLAIN, "init": "text", "init_text": "Rewrite the sentence with different words, keeping its "
                    "meaning.", "max_steps": 150, "max_input_tokens": 96, "max_target_tokens": 48,

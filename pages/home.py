@@ -1,11 +1,11 @@
-"""Home: what the workbench does, the bundled model, the built-in tasks and the latest runs."""
+"""Home: what the workbench does, a guided start (workbench/home_view.py), the built-in tasks and the latest runs."""
 import pandas as pd
 import streamlit as st
 
 from core.model.loading import DEFAULT_MODEL
 from core.errors import WorkbenchError
 from core.store.paths import workspace
-from workbench.links import page_link
+from workbench.home_view import guided_start, three_steps
 from workbench.state import builtin_tasks, runs_table, task_preview
 
 st.title("Soft Prompt Workbench")
@@ -16,6 +16,14 @@ st.write(
 )
 st.caption(f"Bundled model: **{DEFAULT_MODEL}** (SmolLM2-135M-Instruct, runs offline on CPU). "
            f"Workspace: `{workspace()}`")
+
+st.subheader("Start here")
+st.write("Three steps show what a soft prompt buys over a hand-written one. Or press the button: it trains the "
+         "sentiment task's soft prompt, shows when it passes the best hand-written prompt, then opens the "
+         "comparison.")
+three_steps()
+guided_start()
+st.caption("From a terminal: `python -m workbench tune --task sentiment` (the task's tuned defaults).")
 
 st.subheader("Built-in tasks")
 rows = []
@@ -33,10 +41,6 @@ st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="home_tas
 st.subheader("Runs")
 runs = runs_table()
 if not runs:
-    st.info("No runs yet. Three steps to see what a soft prompt buys over a hand-written one:")
-    page_link("tune", "1. Tune: train a soft prompt on a built-in task or your own file", ":material/model_training:")
-    page_link("compare", "2. Compare: its answers beside the hard prompts' on the same inputs", ":material/compare:")
-    page_link("explore", "3. Explore: where its vectors sit among the vocabulary", ":material/scatter_plot:")
-    st.caption("From a terminal: `python -m workbench tune --task sentiment` (the task's tuned defaults).")
+    st.info("No runs yet: start with the button above, or on the Tune page.")
 else:
     st.dataframe(pd.DataFrame(runs), hide_index=True, width="stretch", key="home_runs")

@@ -105,8 +105,9 @@ values["input_template"] = field_widget("input_template")
 with st.expander("Training settings", expanded=False):
     cols = st.columns(3)
     training_fields = ["max_steps", "batch_size", "learning_rate", "max_input_tokens", "max_target_tokens",
-                       "eval_every", "save_every", "eval_examples", "early_stopping_patience", "warmup_steps",
-                       "max_grad_norm", "weight_decay", "train_examples", "format_augmentation", "precision", "device", "seed"]
+                       "eval_every", "save_every", "eval_examples", "beat_examples", "early_stopping_patience",
+                       "warmup_steps", "max_grad_norm", "weight_decay", "train_examples", "format_augmentation",
+                       "precision", "device", "seed"]
     for i, name in enumerate(training_fields):
         values[name] = field_widget(name, cols[i % 3])
     values["trust_remote_code"] = field_widget("trust_remote_code")

@@ -75,13 +75,28 @@ def test_joined_weights_of_layers_that_share_an_input_built_once_and_rebuilt_whe
     mlp.up_proj.weight = torch.nn.Parameter(mlp.up_proj.weight * 2, requires_grad=False)  # replaced
     assert torch.equal(kernels.joined_weight(mlp.gate_proj, mlp.up_proj)[mlp.gate_proj.weight.shape[0]:],
                        mlp.up_proj.weight)
+    before = gate_up.clone()
     with torch.no_grad():
-        mlp.gate_proj.weight.mul_(3)  # changed in place
+        mlp.gate_proj.weight.mul_(3)  # changed in place: the weight is a view of the joined tensor
     assert torch.equal(kernels.joined_weight(mlp.gate_proj, mlp.up_proj)[:mlp.gate_proj.weight.shape[0]],
                        mlp.gate_proj.weight)
-    assert not torch.equal(gate_up, kernels.joined_weight(mlp.gate_proj, mlp.up_proj))
+    assert not torch.equal(before, kernels.joined_weight(mlp.gate_proj, mlp.up_proj))
     mlp.up_proj.weight.requires_grad_(True)  # a layer that trains is never joined
     assert kernels.joined_weight(mlp.gate_proj, mlp.up_proj) is None
+
+
+def test_joined_weights_are_the_layers_own_weights_and_the_rest_leave_the_file_mapping(tiny_model_dir):
+    lm = load_model(tiny_model_dir)
+    at = lm.model.model.layers[0].self_attn
+    before = {n: p.clone() for n, p in lm.model.named_parameters()}
+    qkv = kernels.joined_weight(at.q_proj, at.k_proj, at.v_proj)
+    for m in (at.q_proj, at.k_proj, at.v_proj):  # each weight is its block of rows of the joined tensor: one copy
+        assert m.weight.untyped_storage().data_ptr() == qkv.untyped_storage().data_ptr()
+    kernels.own_weights(lm.model)
+    assert at.q_proj.weight.untyped_storage().data_ptr() == qkv.untyped_storage().data_ptr()  # kept joined
+    assert kernels.joined_weight(at.q_proj, at.k_proj, at.v_proj) is qkv
+    after = dict(lm.model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before)  # the same values, own memory
 
 
 @pytest.mark.parametrize("onednn", [True, False])

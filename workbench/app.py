@@ -12,6 +12,8 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
+from workbench.state import ensure_bundled_model  # noqa: E402
+
 PAGES = [
     ("home.py", "Home", ":material/home:"),
     ("tune.py", "Tune", ":material/model_training:"),
@@ -23,5 +25,6 @@ PAGES = [
 ]
 
 st.set_page_config(page_title="Soft Prompt Workbench", page_icon=":material/tune:", layout="wide")
+ensure_bundled_model()  # a fresh clone converts the model once: a progress bar meanwhile, not a blank page
 nav = st.navigation([st.Page(str(ROOT / "pages" / f), title=t, icon=i) for f, t, i in PAGES])
 nav.run()

@@ -105,12 +105,21 @@ def _train(run, resume: bool) -> int:
     from core.train.training import train
 
     update, bar = _progress_printer(run.config().max_steps)
-    st = train(run, resume=resume, progress=update)
+    st = train(run, resume=resume, progress=update, extra_callbacks=_watchers(run))
     bar.close()
     print(f"run {run.id}: {st['state']} at step {st.get('step')} -> {run.path}")
     if st.get("error"):
         print(f"error: {st['error']}", file=sys.stderr)
     return 0 if st["state"] in FINISHED else 1
+
+
+def _watchers(run) -> tuple:
+    """Callbacks that watch a run from above core/train: when it passes the best hard prompt."""
+    if not run.config().beat_examples or int(os.environ.get("RANK", "0")) != 0:
+        return ()
+    from core.evaluate.beat import BeatHardPrompt
+
+    return (BeatHardPrompt(run),)
 
 
 def cmd_tune(a) -> int:

@@ -19,6 +19,20 @@ STATE_ICONS = {"queued": ":material/schedule:", "starting": ":material/rocket_la
                "cancelled": ":material/stop_circle:", "failed": ":material/error:", "interrupted": ":material/warning:"}
 
 
+def beat_text(beat: dict | None) -> str | None:
+    """The run against the best hard prompt on its validation sample (core/evaluate/beat.py), one line."""
+    if not beat or beat.get("hard") is None:
+        return None
+    where = f"{beat['n']} validation examples, {beat['metric']}"
+    if beat.get("passed"):
+        p = beat["passed"]
+        return (f"Passed the best hard prompt at step {p['step']}, {p['seconds'] / 60:.1f} min "
+                f"({p['score']:.3f} vs {beat['hard']:.3f}; {where})")
+    soft = f"{beat['soft']:.3f}" if beat.get("soft") is not None else "-"
+    return (f"Not past the best hard prompt yet: {soft} vs {beat['hard']:.3f} at step {beat.get('step', 0)} "
+            f"({beat['hard_system'].removeprefix('hard: ')}; {where})")
+
+
 def fmt_eta(seconds) -> str:
     if seconds is None:
         return "estimating…"
@@ -49,6 +63,8 @@ def run_summary(run: Run, key_prefix: str) -> None:
     st.progress(min(step / total, 1.0) if total else 0.0,
                 text=f"step {step}/{total} · loss {loss:.4f} · ETA {eta}" if loss is not None
                 else f"step {step}/{total} · ETA {eta}")
+    if text := beat_text(st_.get("beat")):
+        (st.success if st_["beat"].get("passed") else st.info)(text, icon=":material/flag:")
     if st_.get("error"):
         st.error(st_["error"])
     if st_.get("note"):  # e.g. the CPU-only fast paths stepping aside on a GPU

@@ -10,6 +10,7 @@ it growing; reports measured for the project are shipped in bench-results/report
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import time
@@ -39,9 +40,13 @@ def init_values(spec: TaskSpec, init: str) -> dict | None:
     return {"init": init}
 
 
+OBSERVING = ("beat_examples",)  # fields that watch a run without changing what it trains: not in its name
+
+
 def config_digest(cfg: TuneConfig) -> str:
-    """Eight hex digits naming a config: runs trained with equal configs share it."""
-    return hashlib.sha256(cfg.to_json().encode()).hexdigest()[:8]
+    """Eight hex digits naming a config: runs trained alike (equal but for OBSERVING) share it."""
+    named = {k: v for k, v in cfg.to_dict().items() if k not in OBSERVING}
+    return hashlib.sha256(json.dumps(named, indent=2).encode()).hexdigest()[:8]
 
 
 def run_for_config(cfg: TuneConfig, prefix: str) -> Run:
@@ -153,10 +158,18 @@ def results_table(path: Path | None = None) -> dict | None:
                  "best hard, shifted": r["shifted"]["best_hard"],
                  "soft ahead, shifted": r["shifted"]["soft"] > r["shifted"]["best_hard"],
                  "soft change under shift": shift_change(r["soft"], r["shifted"]["soft"])} if "shifted" in r else {}),
-             "train min": (r["train_s"] or 0) / 60} for r in table["rows"]]
+             "passes best hard at": beat_text(r.get("beat")), "train min": (r["train_s"] or 0) / 60}
+            for r in table["rows"]]
     shifted = all("soft ahead, shifted" in r for r in rows)
     return {"rows": rows, "wins": sum(r["soft ahead"] for r in rows), "machine": table["machine"],
             "wins_shifted": sum(r["soft ahead, shifted"] for r in rows) if shifted else None}
+
+
+def beat_text(beat: dict | None) -> str | None:
+    """When a results run passed the best hard prompt on its validation sample (core/evaluate/beat.py)."""
+    if not beat:
+        return None
+    return f"step {beat['step']}, {beat['seconds'] / 60:.1f} min" if beat.get("step") is not None else "not in the run"
 
 
 def start_report(task: str, lengths: list[int], inits: list[str], steps: int = 0) -> Path:

@@ -98,22 +98,93 @@ def use_onednn(model: torch.nn.Module) -> int:
     return n
 
 
-
 def joined_weight(*linears: torch.nn.Module) -> torch.Tensor | None:
     """The weights of frozen linear layers that read the same input (a llama layer's q/k/v, its
     gate/up) stacked in one (sum of outputs, inputs) tensor, so that a training pass takes their
     outputs, and their input gradient, in one matmul each (core/train/flatstack.py: 31 ms of a 0.9 s
-    step). Built on first use and kept on the first layer (for the bundled model 279 MB in all, in
-    the training process only); rebuilt if a weight was replaced or changed in place. None when
-    the layers have biases, train, or differ in input size, dtype or device."""
+    step). Built on first use and kept on the first layer; each layer's weight then becomes its rows
+    of the joined tensor (a view), so the model holds one copy, not two (for the bundled model the
+    copy was 279 MB of the training process). A weight changed in place changes the joined tensor
+    with it; a weight replaced by another tensor is joined again. None when the layers have
+    biases, train, or differ in input size, dtype or device. (A model whose weights share one
+    tensor this way saves through safetensors only after `.clone()`-ing them: the workbench never
+    saves the frozen base model.)"""
     ws = [m.weight for m in linears]
     if any(m.bias is not None for m in linears) or any(w.requires_grad for w in ws):
         return None
     if len({(w.shape[1], w.dtype, w.device) for w in ws}) != 1:
         return None
-    key = [(w.data_ptr(), w._version, tuple(w.shape)) for w in ws]
     cached = getattr(linears[0], "_joined_weight", None)
-    if cached is None or cached[0] != key:
-        cached = (key, torch.cat([w.detach() for w in ws]))
-        linears[0]._joined_weight = cached
-    return cached[1]
+    if cached is not None and _rows_of(cached, ws):
+        return cached
+    joined = torch.cat([w.detach() for w in ws])  # (sum of outputs, inputs)
+    start, mapped = 0, _file_mappings()
+    for m in linears:
+        rows, old = m.weight.shape[0], m.weight.data
+        m.weight.data = joined[start:start + rows]  # the same Parameter, now a view: one copy of the weights
+        _drop_pages(old, mapped)  # a weight read from the model file leaves the resident set
+        start += rows
+    linears[0]._joined_weight = joined
+    return joined
+
+
+def _rows_of(joined: torch.Tensor, ws: list[torch.Tensor]) -> bool:
+    """Every weight is still its own block of rows of `joined`, in order."""
+    start, base = 0, joined.untyped_storage().data_ptr()
+    for w in ws:
+        if (w.untyped_storage().data_ptr() != base or not w.is_contiguous()
+                or w.storage_offset() != joined.storage_offset() + start * joined.shape[1]):
+            return False
+        start += w.shape[0]
+    return start == joined.shape[0]
+
+
+def own_weights(model: torch.nn.Module) -> None:
+    """Copy every parameter and buffer of a frozen model into memory of the process's own, once.
+
+    `from_pretrained` maps the safetensors file and each weight reads from that mapping; its pages
+    count in the resident size as they are read, and the mapping stays while any weight reads from it.
+    A training pass that joins weights (joined_weight) would otherwise keep both the mapped
+    originals and the joined copies. Called after the weights are joined, it lets the mapping go:
+    the model then holds one copy of each weight."""
+    if getattr(model, "_owns_weights", False):
+        return
+    joined = {m._joined_weight.untyped_storage().data_ptr() for m in model.modules() if hasattr(m, "_joined_weight")}
+    mapped = _file_mappings()
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if not t.requires_grad and t.untyped_storage().data_ptr() not in joined:  # joined ones are copies already
+                old = t.data
+                t.data = old.clone()
+                _drop_pages(old, mapped)  # its file pages leave the resident set now, not when the mapping closes
+    model._owns_weights = True
+
+
+_PAGE = 4096
+_MADV_DONTNEED = 4
+
+
+def _file_mappings() -> list[tuple[int, int]]:
+    """Address ranges of this process mapped from safetensors files (/proc/self/maps; [] elsewhere)."""
+    try:
+        with open("/proc/self/maps") as f:
+            lines = [line.split() for line in f if line.rstrip().endswith(".safetensors")]
+    except OSError:
+        return []
+    return [tuple(int(x, 16) for x in parts[0].split("-")) for parts in lines]
+
+
+def _drop_pages(t: torch.Tensor, mapped: list[tuple[int, int]]) -> None:
+    """Drop the resident pages of a tensor read from a file mapping (re-read from the file if touched
+    again, so nothing can change); a tensor in anonymous memory is left alone."""
+    start, end = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+    if not any(lo <= start and end <= hi for lo, hi in mapped):
+        return
+    lo, hi = -(-start // _PAGE) * _PAGE, end // _PAGE * _PAGE  # the whole pages inside the tensor
+    if hi > lo:
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_DONTNEED)
+        except (OSError, AttributeError):
+            pass

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 
 from core.train import flatstack
+from core.train.pieces import bucket_width
 
 from core.model import fused
 from core.generate.formatting import IGNORE
@@ -84,8 +85,11 @@ def _flat_hidden(base, prompt: torch.Tensor, input_ids: torch.Tensor, keys: torc
     causal = torch.ones(T, N + T, dtype=torch.bool, device=dev).tril(N)  # row token t sees the prompt and tokens <= t
     mask = (causal[None] & keys.bool()[:, None])[:, None]  # (B, 1, T, N+T): a 4D mask reaches the attention as it is
     if flatstack.supported(base) and keep.any():  # the layers' forward and backward written out, same results
-        rows = F.pad(keep, (0, 1)).flatten().nonzero()[:, 0]  # (M,) indices into the B*T text rows
-        return flatstack.decoder_stack(base, prompt[0], embeds, positions, mask, rows)
+        flat_keep = F.pad(keep, (0, 1)).flatten()  # (B*T,)
+        rows = flat_keep.nonzero()[:, 0]  # (M,) indices into the B*T text rows
+        extra = bucket_width(len(rows)) - len(rows)  # a few unlabelled positions after them: M on a ladder of sizes
+        rows = torch.cat([rows, (~flat_keep).nonzero()[:extra, 0]])  # (M',) core/train/pieces.py says why
+        return flatstack.decoder_stack(base, prompt[0], embeds, positions, mask, rows)  # the M labelled rows first
     cfg, impl = base.config, base.config._attn_implementation
     cfg._attn_implementation = FLAT_ATTENTION
     try:
@@ -128,8 +132,8 @@ def labelled_loss(peft_model, input_ids: torch.Tensor, attention_mask: torch.Ten
         picked = hidden[:, :-1][keep]  # (M, D)
     head = base.get_output_embeddings()
     if head.bias is not None or torch.is_autocast_enabled(picked.device.type) or not len(picked):
-        return F.cross_entropy(head(picked).float(), targets[keep])
-    return _HeadCrossEntropy.apply(picked, head.weight, targets[keep])
+        return F.cross_entropy(head(picked[:int(keep.sum())]).float(), targets[keep])
+    return _HeadCrossEntropy.apply(picked, head.weight, targets[keep])  # picked: the labelled rows, then padding
 
 
 class _HeadCrossEntropy(torch.autograd.Function):
@@ -138,11 +142,14 @@ class _HeadCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets):
-        logits = frozen_matmul(hidden, weight)  # (M, V)
+        """hidden (M', D): the M = len(targets) labelled rows first, then rows that only pad M' to a size
+        seen before (their logits are computed, not scored; their gradient is zero)."""
+        M = len(targets)
+        logits = frozen_matmul(hidden, weight)[:M]  # (M, V), a view of the (M', V) block
         grad = ctx.needs_input_grad[0]
         loss = fused.cross_entropy_(logits, targets, grad)  # with grad, logits now holds (softmax - onehot) / M
         if grad:
-            ctx.save_for_backward(frozen_matmul(logits, weight.t()))  # (M, D)
+            ctx.save_for_backward(F.pad(frozen_matmul(logits, weight.t()), (0, 0, 0, len(hidden) - M)))  # (M', D)
         return loss
 
     @staticmethod

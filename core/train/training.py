@@ -24,6 +24,7 @@ from core.train.distributed import is_main_process, record_rank, world_size
 from core.train.heap import keep_freed_memory
 from core.config import TuneConfig
 from core.train.fastloss import labelled_loss
+from core.train.pieces import loss_in_pieces
 from core.generate.formatting import EncodedDataset, Formatter, PadCollator
 from core.generate.generator import Decoding, Generator, System
 from core.generate.variants import augment
@@ -128,19 +129,32 @@ class PromptTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         peft_model = self.accelerator.unwrap_model(model)
-        args = (inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
-        with self.accelerator.autocast():  # bf16 precision: labelled_loss calls past the wrapped forward
-            if self.seq2seq:
+        if self.seq2seq:
+            with self.accelerator.autocast():
                 loss = model(**inputs).loss
-            elif peft_model is model or not torch.is_grad_enabled():
-                loss = labelled_loss(peft_model, *args)
-            else:  # several processes: through DistributedDataParallel's forward, so that backward syncs the gradients
-                peft_model.forward = functools.partial(labelled_loss, peft_model)  # shadows the class's forward
-                try:
+        elif peft_model is not model and torch.is_grad_enabled():
+            # several processes: through DistributedDataParallel's forward, so that backward syncs the gradients
+            args = (inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+            peft_model.forward = functools.partial(labelled_loss, peft_model)  # shadows the class's forward
+            try:
+                with self.accelerator.autocast():
                     loss = model(*args)
-                finally:
-                    del peft_model.forward
+            finally:
+                del peft_model.forward
+        else:
+            def piece_loss(batch):
+                with self.accelerator.autocast():  # bf16 precision: labelled_loss calls past the wrapped forward
+                    return labelled_loss(peft_model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+
+            loss = loss_in_pieces(piece_loss, inputs, self.step_tokens(peft_model), self.accelerator.backward)
         return (loss, {"loss": loss}) if return_outputs else loss
+
+    def step_tokens(self, model) -> int:
+        """The token budget of a training step's pieces (core/train/pieces.py): on one CPU process only
+        (several processes synchronise gradients at each backward pass); 0 = the batch whole."""
+        single = self.accelerator.num_processes == 1 and self.args.gradient_accumulation_steps == 1
+        training = model.training and torch.is_grad_enabled()
+        return settings.SETTINGS.step_tokens if single and training and model.device.type == "cpu" else 0
 
 
 def training_args(cfg: TuneConfig, run: Run, device: str = "cpu") -> TrainingArguments:
