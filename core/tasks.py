@@ -54,7 +54,8 @@ BUILTIN: dict[str, TaskSpec] = {t.name: t for t in [
 # Defaults per built-in task, chosen on the validation split by bench/results.py (see the README's
 # "Results" table): each trains in under 10 minutes on 2 CPU cores. Fields not named here take
 # TuneConfig's general defaults. Format augmentation is chosen on the validation split as it is and
-# on its shifted variant together (docs/results.md): it holds qa, paraphrase and translation up off their layout; on sentiment it
+# on its shifted variant together (docs/results.md): it holds qa, paraphrase, summarisation and translation up off their
+# layout (and scored higher as is on three of them); on sentiment it
 # cost accuracy on both, so it stays off there.
 _PLAIN = {"prompt_format": "plain", "eval_examples": 32,  # plain text: 2-4x shorter sequences than the chat template
           "beat_examples": 16}  # when the soft prompt passes the best hard prompt (core/evaluate/beat.py)
@@ -63,7 +64,8 @@ TASK_DEFAULTS: dict[str, dict] = {
                    "meaning.", "max_steps": 150, "max_input_tokens": 96, "max_target_tokens": 48,
                    "format_augmentation": 0.5},  # validation ROUGE-L 0.379 / 0.372 shifted, against 0.372 / 0.328
     "summarisation": {**_PLAIN, "init": "text", "init_text": "Summarise the paragraph in one short sentence.",
-                      "max_steps": 150, "max_input_tokens": 192, "max_target_tokens": 48},
+                      "max_steps": 150, "max_input_tokens": 192, "max_target_tokens": 48,
+                      "format_augmentation": 0.5},  # validation ROUGE-L 0.484 / 0.469 shifted, against 0.431 / 0.445
     "qa": {**_PLAIN, "init": "text", "init_text": "Answer with a short phrase copied from the context.",
            "max_steps": 150, "max_input_tokens": 192, "max_target_tokens": 16,
            "format_augmentation": 0.5},  # validation F1 0.81 as is / 0.80 shifted, against 0.88 / 0.61 without
