@@ -20,8 +20,7 @@ all_runs = list_runs()
 
 def follow_context() -> None:
     """A selection follows the context it was made for: a new task or model picks its own run."""
-    state = st.session_state
-    state["cmp_runs"] = newest_finished(all_runs, state["cmp_model"], state["cmp_task"])
+    st.session_state.cmp_runs = newest_finished(all_runs, st.session_state.cmp_model, st.session_state.cmp_task)
 
 
 with st.sidebar:
