@@ -128,7 +128,7 @@ def table(rows: list[dict], split: str) -> str:
     lines = [f"| task | metric ({split}, n) | soft prompt [95% CI] | best hard prompt [95% CI] | bare model | "
              "soft, shifted [95% CI] | best hard, shifted [95% CI] | soft under shift | soft ahead (as is / shifted) | "
              "passes best hard (validation sample) | train time | peak RSS | defaults |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def pair(r: dict) -> tuple[str, str]:
         a, b = (f"{r[k]:.3f} [{r[k + '_ci'][0]:.2f}, {r[k + '_ci'][1]:.2f}]" for k in ("soft", "best_hard"))
