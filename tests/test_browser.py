@@ -209,9 +209,11 @@ def test_a_new_users_own_file_and_task_switch_in_a_real_browser(app, page, tmp_p
     pg.get_by_role("tab", name="Blind rating").click()  # a blind vote, by keyboard, then the ranking
     prompt = pg.get_by_text("Which answer is better?")
     prompt.wait_for(timeout=120_000)  # the tab draws after a rerun: slow on a loaded machine
+    pg.get_by_role("button", name="Both bad").wait_for()  # the buttons carry the key shortcuts: drawn last
+    pg.wait_for_timeout(1000)
     prompt.click()  # focus on the page, not in a text field: the keys vote
     pg.keyboard.press("a")
-    pg.get_by_text("Ranking").wait_for(timeout=60_000)
+    pg.get_by_text("Ranking").wait_for(timeout=120_000)
     assert "from 1 votes" in pg.inner_text("body")
     pg.screenshot(path=str(ARTIFACTS / "10-blind-rating.png"), full_page=True)
 
