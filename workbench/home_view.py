@@ -10,7 +10,7 @@ from core.errors import WorkbenchError
 from core.store import jobs
 from core.store.runs import Run, RunState
 from workbench.links import PAGES_DIR, page_link
-from workbench.run_view import POLL_SECONDS, run_summary
+from workbench.run_view import POLL_SECONDS, summarise
 
 QUICK_TASK = "sentiment"
 RUN_KEY = "home_quick_run"  # the guided run's id, for this browser session
@@ -52,13 +52,8 @@ def guided_start() -> None:
 
 @st.fragment(run_every=POLL_SECONDS)
 def guided_run(run_id: str) -> None:
-    try:
-        run = Run.open(run_id)
-    except WorkbenchError:
-        st.info(f"Run {run_id} no longer exists.")
-        return
-    run_summary(run, key_prefix=f"home_{run_id}")
-    if run.status().get("state") != RunState.COMPLETED:
+    run = summarise(run_id, key_prefix=f"home_{run_id}")
+    if run is None or run.status().get("state") != RunState.COMPLETED:
         return
     if OPENED_KEY not in st.session_state:  # just finished: its result stays in view for one more poll
         st.session_state[OPENED_KEY] = False

@@ -43,12 +43,18 @@ def fmt_eta(seconds) -> str:
 @st.fragment(run_every=POLL_SECONDS)
 def live_run(run_id: str) -> None:
     """Progress and curves of a run, refreshed every POLL_SECONDS while the page is open."""
+    summarise(run_id, key_prefix=f"live_{run_id}")
+
+
+def summarise(run_id: str, key_prefix: str) -> Run | None:
+    """The run's summary (run_summary), or a note when the run was deleted; the run, if it exists."""
     try:
         run = Run.open(run_id)
     except WorkbenchError:
         st.info(f"Run {run_id} no longer exists.")
-        return
-    run_summary(run, key_prefix=f"live_{run_id}")
+        return None
+    run_summary(run, key_prefix=key_prefix)
+    return run
 
 
 def run_summary(run: Run, key_prefix: str) -> None:
