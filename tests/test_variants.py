@@ -104,6 +104,23 @@ def test_augment_keeps_every_example_and_adds_shifted_copies_of_a_share():
     assert augment(rows, 0.5, seed=3) == half  # seeded
 
 
+def test_augment_draws_new_variants_for_each_pass_a_run_makes():
+    from core.generate.variants import augment, passes
+    rows = load_task("qa").train
+    assert passes(len(rows), 0.5, steps=150, batch_size=8) == -(-1200 // round(len(rows) * 1.5))
+    assert passes(len(rows), 0.5, steps=1, batch_size=1) == 1
+    once, three = augment(rows, 0.5, seed=3), augment(rows, 0.5, seed=3, rounds=3)
+    assert three[:len(once)] == once  # round 0 is the single draw
+    assert three.count(rows[0]) == 3  # each original once a round
+    variants_of = {}
+    for r in three:
+        if r not in rows:
+            variants_of.setdefault(r["target"], set()).add(r["input"])
+    assert max(len(v) for v in variants_of.values()) >= 2  # an example seen in more than one layout
+    assert all(r["target"] in r["input"] for r in three)  # answers still in their context
+    assert augment(rows, 0.5, seed=3, rounds=3) == three  # seeded: a resumed run sees the same data
+
+
 def test_augmentation_share_is_checked_by_the_config():
     from core.config import ConfigError, TuneConfig
     assert TuneConfig(format_augmentation=0.5).format_augmentation == 0.5

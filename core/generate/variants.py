@@ -8,7 +8,8 @@ spans instead, or not at all for that example.
 
     variants(examples, names, seed)  one shifted copy of the examples per transform
     shifted(examples, seed)          one copy where each example gets one random transform
-    augment(examples, share, seed)   the examples plus a shifted copy of a share of them (training)
+    augment(examples, share, seed, rounds)  the examples plus a shifted copy of a share of them, drawn
+                                     afresh for each pass a run makes (training)
     applicable(examples)             the transforms that change at least one example
 """
 from __future__ import annotations
@@ -177,11 +178,27 @@ def shifted(examples: list[dict], seed: int = 0) -> list[dict]:
     return out
 
 
-def augment(examples: list[dict], share: float, seed: int = 0) -> list[dict]:
+def augment(examples: list[dict], share: float, seed: int = 0, rounds: int = 1) -> list[dict]:
     """Training data for a prompt that should hold up off its training layout: every example as it
-    is, plus a copy in a random format variant (as in `shifted`) for a seeded `share` of them."""
+    is, plus a copy in a random format variant (as in `shifted`) for a seeded `share` of them.
+
+    rounds > 1 repeats this once per pass the run makes over the data, each round with its own draw
+    of examples and variants, so over a run an example is seen in several layouts rather than in
+    the one it drew (the sampler shuffles all rounds together; the data stay fixed, so a resumed
+    run sees what it would have seen)."""
     if not 0 <= share <= 1:
         raise WorkbenchError(f"The augmentation share {share!r} is not between 0 and 1.")
-    rng = random.Random(f"{seed}|augment")
-    picked = [x for x in examples if rng.random() < share]
-    return list(examples) + [y for x, y in zip(picked, shifted(picked, seed)) if y["input"] != x["input"]]
+    out: list[dict] = []
+    for r in range(max(1, rounds)):
+        key = f"{seed}|augment" if r == 0 else f"{seed}|augment|{r}"  # round 0 as before
+        rng = random.Random(key)
+        picked = [x for x in examples if rng.random() < share]
+        draw = seed if r == 0 else f"{seed}|{r}"
+        out += list(examples) + [y for x, y in zip(picked, shifted(picked, draw)) if y["input"] != x["input"]]
+    return out
+
+
+def passes(n_examples: int, share: float, steps: int, batch_size: int) -> int:
+    """How many passes over the augmented data a run of `steps` batches makes (at least 1)."""
+    per_pass = max(1, round(n_examples * (1 + share)))
+    return max(1, -(-steps * batch_size // per_pass))

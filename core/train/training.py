@@ -27,7 +27,7 @@ from core.train.fastloss import labelled_loss
 from core.train.pieces import loss_in_pieces
 from core.generate.formatting import EncodedDataset, Formatter, PadCollator
 from core.generate.generator import Decoding, Generator, System
-from core.generate.variants import augment
+from core.generate.variants import augment, passes
 from core.train.methods import build_peft_model
 from core.model.device import resolve_device
 from core.model.loading import is_seq2seq, load_model
@@ -258,8 +258,9 @@ def setup(run: Run, cfg: TuneConfig, progress: Callable | None, stop: dict | Non
     set_seed(cfg.seed)
     task = load_task(cfg.task, cfg.data_path, cfg.input_column, cfg.target_column)
     train_rows = task.train[: cfg.train_examples] if cfg.train_examples else task.train
-    if cfg.format_augmentation:  # a reworded copy of a share of them (core/generate/variants.py)
-        train_rows = augment(train_rows, cfg.format_augmentation, cfg.seed)
+    if cfg.format_augmentation:  # a reworded copy of a share of them, drawn afresh per pass (core/generate/variants.py)
+        rounds = passes(len(train_rows), cfg.format_augmentation, cfg.max_steps, cfg.batch_size)
+        train_rows = augment(train_rows, cfg.format_augmentation, cfg.seed, rounds)
     if cfg.batch_size > len(train_rows):
         raise WorkbenchError(f"batch_size {cfg.batch_size} is larger than the {len(train_rows)} training "
                              f"examples: use a batch size of at most {len(train_rows)}.")
