@@ -152,3 +152,23 @@ def test_an_adapter_trained_with_plain_peft_answers_as_peft_does(home, capsys, s
     err = capsys.readouterr().err
     assert "--prompt-format: 'xml' is not one of: chat, plain." in err and "--input-template:" in err
     assert {r["id"] for r in list_runs()} == {"peft-plain", "peft-chat"}  # the bad call created nothing
+
+
+def test_a_reader_that_stops_reading_does_not_stop_the_run(home, tiny_model_dir, toy_data):
+    """`python -m workbench tune ... 2>&1 | head -1`: the pipe closes after the first line; the progress
+    bar has nowhere to go, but the run trains to the end, completes and the command exits 0."""
+    import os
+    import subprocess
+    import sys
+    from core.store.runs import Run
+    from tests.conftest import REPO
+    cfg = tiny_config(tiny_model_dir, toy_data, max_steps=4, eval_every=2, save_every=2)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # the first line comes at once
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "tune", "--run-id", "piped"] + _flags(cfg),
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert b"piped" in proc.stdout.readline()
+    proc.stdout.close()  # the reader is gone before training starts
+    assert proc.wait(timeout=240) == 0
+    st = Run.open("piped").status()
+    assert (st["state"], st["step"]) == ("completed", 4)
+    assert Run.open("piped").adapter_dir.exists()

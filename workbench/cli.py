@@ -19,6 +19,7 @@ from core.errors import WorkbenchError
 from core.store.runs import FINISHED
 from workbench import compare_cli, sweep_cli
 from workbench.compare_cli import _bool, print_robustness
+from workbench.pipes import survive_closed_pipes
 
 ALIASES = {"max_steps": ["--steps"], "num_virtual_tokens": ["--virtual-tokens"]}
 
@@ -246,6 +247,11 @@ def main(argv=None) -> int:
     a = parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
+    with survive_closed_pipes():  # `tune ... | head -1`: printing stops, the run goes on
+        return _run(a)
+
+
+def _run(a) -> int:
     try:
         if a.cmd == "tune":
             return cmd_tune(a)
