@@ -153,6 +153,8 @@ class TuneConfig:
                 errors[name] = f"{value!r} is not a finite number."
             elif value < 0 or (name == "learning_rate" and value == 0) or (name == "learning_rate" and value > 10):
                 errors[name] = f"{value!r} is out of range: use a positive value (typical: 1e-3 to 3e-1)." if name == "learning_rate" else f"{value!r} must not be negative."
+        if "method" not in errors:
+            self._reset_unused()
         share = self.format_augmentation
         if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share <= 1:
             errors["format_augmentation"] = f"{share!r} is not a share between 0 and 1 (0 = off, 0.5 = half)."
@@ -181,6 +183,21 @@ class TuneConfig:
                                        "column that holds the expected output.")
         if errors:
             raise ConfigError(errors)
+
+    def _reset_unused(self) -> None:
+        """Fields the method does not read go back to their defaults, so a run's config.json shows only what
+        shaped it, and two runs that train alike are one config (a prefix run's init_text did nothing)."""
+        unused = {Method.PROMPT_TUNING: {"encoder_type", "encoder_hidden_size", "prefix_projection"},
+                  Method.P_TUNING: {"init", "init_text", "label_words", "sample_vocab_top_k", "prefix_projection"},
+                  Method.PREFIX_TUNING: {"init", "init_text", "label_words", "sample_vocab_top_k", "encoder_type"}
+                  }[self.method]
+        if self.method == Method.PREFIX_TUNING and not self.prefix_projection:
+            unused.add("encoder_hidden_size")  # the prefix's MLP is the only reader of encoder_hidden_size
+        if self.init == Init.RUN:
+            unused.discard("init")  # init=run on P-tuning / prefix tuning is an error below, not a silent reset
+        for f in dataclasses.fields(self):
+            if f.name in unused:
+                setattr(self, f.name, f.default_factory() if f.default is dataclasses.MISSING else f.default)
 
     def to_dict(self) -> dict:
         return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in dataclasses.asdict(self).items()}

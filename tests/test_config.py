@@ -66,3 +66,26 @@ def test_built_in_tasks_start_from_their_tuned_defaults():
     own = TuneConfig.for_task(task="sentiment", data_path="mine.csv")  # own data: the general defaults
     assert own.to_dict() == TuneConfig(task="sentiment", data_path="mine.csv").to_dict()
     assert TuneConfig.for_task(task="unknown").to_dict() == TuneConfig(task="unknown").to_dict()
+
+
+def test_fields_a_method_does_not_read_are_not_saved_with_it():
+    """A prefix / P-tuning run's config shows no prompt-tuning init, and two runs differing only there are
+    one config; each method keeps the fields it does read."""
+    init = dict(init="class-label", label_words=["yes", "no"], sample_vocab_top_k=50)
+    a = TuneConfig(method="prefix-tuning", init="text", init_text="Answer the question")
+    b = TuneConfig(method="prefix-tuning", **init)
+    assert a == b and a.to_dict() == TuneConfig(method="prefix-tuning").to_dict()
+    assert (a.init, a.init_text, a.label_words, a.sample_vocab_top_k) == (Init.SAMPLE_VOCAB, None, [], 5000)
+    p = TuneConfig(method="p-tuning", encoder_type="lstm", encoder_hidden_size=64, prefix_projection=True, **init)
+    assert (p.encoder_type.value, p.encoder_hidden_size, p.prefix_projection) == ("lstm", 64, False)
+    assert p.to_dict() == TuneConfig(method="p-tuning", encoder_type="lstm", encoder_hidden_size=64).to_dict()
+    assert TuneConfig(method="prefix-tuning", encoder_hidden_size=64).encoder_hidden_size == 128  # no MLP reads it
+    both = TuneConfig(method="prefix-tuning", prefix_projection=True, encoder_hidden_size=64, encoder_type="lstm")
+    assert (both.prefix_projection, both.encoder_hidden_size, both.encoder_type.value) == (True, 64, "mlp")
+    pt = TuneConfig(encoder_type="lstm", encoder_hidden_size=64, prefix_projection=True, **init)
+    assert (pt.init, pt.label_words, pt.sample_vocab_top_k) == (Init.CLASS_LABEL, ["yes", "no"], 50)
+    assert pt.to_dict() == TuneConfig(**init).to_dict()
+    assert TuneConfig.for_task(task="sentiment", method="p-tuning").init is Init.SAMPLE_VOCAB  # the preset's labels
+    with pytest.raises(ConfigError) as e:  # init=run elsewhere stays an error that says why
+        TuneConfig(method="p-tuning", init="run", init_run="a")
+    assert "prompt tuning only" in e.value.errors["init"]
