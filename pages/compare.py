@@ -9,12 +9,13 @@ from core.model.loading import DEFAULT_MODEL, model_is_seq2seq
 from core.errors import WorkbenchError
 from core.store.runs import FINISHED, list_runs, newest_finished
 from core.tasks import BUILTIN, guess_columns, load_records, load_task, peek, save_upload
-from workbench.compare_view import render_metrics, render_robustness, render_rows
+from workbench.compare_view import count_key, keep_choices, render_metrics, render_robustness, render_rows
 from workbench.meaning_view import PROJECTED_HELP, projected_systems
 from workbench.rating_view import render_rating
 from workbench.state import generator, sentence_embedder
 
 st.title("Compare soft and hard prompts")
+keep_choices()
 all_runs = list_runs()
 
 
@@ -55,7 +56,7 @@ with st.sidebar:
                 st.error(str(e))
     else:
         split = task.split(source.split()[0])
-        n = st.slider("How many", 1, len(split), min(24, len(split)), key="cmp_n")
+        n = st.slider("How many", 1, len(split), min(24, len(split)), key=count_key(len(split)))
         inputs = split[:n]
     st.header("Decoding")
     max_new = st.number_input("Max new tokens", 1, 256, 48, key="cmp_max_new")
@@ -71,9 +72,8 @@ with st.sidebar:
         "Hard prompt format", ["chat", "plain"], horizontal=True, key="cmp_format")
 
 runs = {r["id"]: r for r in all_runs if r["model"] == model and r["state"] in FINISHED}
-if "cmp_runs" not in st.session_state:
-    st.session_state["cmp_runs"] = newest_finished(all_runs, model, task.spec.name)
-st.session_state["cmp_runs"] = [r for r in st.session_state["cmp_runs"] if r in runs]  # deleted runs drop out
+kept = st.session_state.get("cmp_runs", newest_finished(all_runs, model, task.spec.name))
+st.session_state["cmp_runs"] = [r for r in kept if r in runs]  # deleted runs drop out
 st.subheader("Systems")
 c1, c2 = st.columns(2)
 picked = c1.multiselect("Soft prompts (trained runs)", list(runs), key="cmp_runs",

@@ -12,6 +12,23 @@ from core.evaluate.compare import disagreeing, soft_loses, table_rows, to_csv, t
 from core.evaluate.robustness import robustness_rows
 from core.evaluate.metrics import token_f1
 from core.evaluate.paired import focus_pair, pair_cell, pair_matrix, pair_row, pair_sentence, paired_metrics
+from core.tasks import BUILTIN
+from workbench.keep import at_most, keep_widgets
+
+CHOICES = ["cmp_model", "cmp_task", "cmp_source", "cmp_pasted", "cmp_col_in", "cmp_col_ref", "cmp_n", "cmp_max_new",
+           "cmp_temp", "cmp_top_p", "cmp_seed", "cmp_one_line", "cmp_format", "cmp_runs", "cmp_shots",
+           "cmp_projected", "cmp_variants", "cmp_k", "cmp_play", "cmp_chart_metric", "cmp_pair_metric",
+           "cmp_filter"] + [f"cmp_template_{t}" for t in BUILTIN]  # the Compare page's input widgets
+
+
+def keep_choices() -> None:
+    """Call first on the Compare page: its choices keep their values while another page is shown."""
+    keep_widgets(CHOICES)
+
+
+def count_key(most: int) -> str:
+    """The key of the "How many" slider, its kept value lowered to `most` (its range follows the split)."""
+    return at_most("cmp_n", most)
 
 
 def summary_table(result: dict) -> pd.DataFrame:

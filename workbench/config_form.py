@@ -9,6 +9,7 @@ import streamlit as st
 
 from core.config import ConfigError, TuneConfig, _ENUMS
 from core.tasks import TASK_DEFAULTS
+from workbench.keep import keep_widgets
 
 FIELDS = {f.name: f for f in dataclasses.fields(TuneConfig)}
 DEFAULTS = TuneConfig()
@@ -16,6 +17,8 @@ TASK_FIELDS = sorted({name for values in TASK_DEFAULTS.values() for name in valu
                      | {"method", "num_virtual_tokens", "init", "learning_rate", "max_steps", "batch_size"})
 ERRORS_KEY = "tune_form_errors"
 OWN_WIDGETS = {"model", "task", "data_path", "input_column", "target_column"}  # drawn by the page itself
+TUNE_KEYS = ["model_source", "model_folder", "data_kind", "cfg_task", "cfg_task_name", "cfg_input_column",
+             "cfg_target_column"]  # the Tune page's own input widgets
 
 
 def key(name: str, form: str = "cfg") -> str:
@@ -26,12 +29,10 @@ def key(name: str, form: str = "cfg") -> str:
 
 
 def keep_form_state() -> None:
-    """Call first on every run of the page. Streamlit drops a widget's state after a run that does
-    not draw it (the page stops to ask for an upload, another method hides its fields), and the
-    widget comes back blank or zero. Writing each value back as session state keeps it."""
-    for name in FIELDS:
-        if name not in OWN_WIDGETS and key(name) in st.session_state:
-            st.session_state[key(name)] = st.session_state[key(name)]
+    """Call first on every run of the Tune page: its fields and choices keep their values when another
+    page is shown, the page stops to ask for an upload, or another method hides some of its fields
+    (workbench/keep.py)."""
+    keep_widgets([key(name) for name in FIELDS if name not in OWN_WIDGETS] + TUNE_KEYS)
 
 
 def widget_value(name: str, value):
