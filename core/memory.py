@@ -5,7 +5,8 @@ glibc keeps what a process frees in its heaps for reuse, and each thread allocat
 Streamlit runs every page run in a new thread, so what one page's generation freed (half a GiB of
 attention and logits tensors for a 3-shot comparison, measured) stayed resident while the next page
 grew another arena, and the app's peak RSS added them up. `malloc_trim(0)` returns the free pages
-of every arena; it takes milliseconds. Elsewhere (macOS, musl) this does nothing.
+of every arena; it takes milliseconds. Elsewhere (macOS, musl) this does nothing, and so it does in a
+training process, which keeps its heap for the next step on purpose (core/train/heap.py).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import ctypes.util
 import functools
 import gc
 import sys
+
+from core.train import heap
 
 
 @functools.cache
@@ -32,7 +35,7 @@ def release_freed(collect: bool = False) -> bool:
     if collect:
         gc.collect()
     trim = _malloc_trim()
-    if trim is None:
+    if trim is None or heap.keeping():
         return False
     trim(0)
     return True

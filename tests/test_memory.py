@@ -25,3 +25,8 @@ def test_freed_heap_blocks_leave_the_resident_set():
     assert held > before - 20  # freed, but still resident until trimmed
     assert rss_anon_mib() < held - 60  # most of the 94 MiB freed is returned
     assert len(keep) == 200
+
+
+def test_a_training_process_keeps_its_heap(monkeypatch):
+    monkeypatch.setattr("core.train.heap.keeping", lambda: True)  # core/train/heap.py's settings were taken
+    assert not release_freed()
