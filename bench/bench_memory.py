@@ -5,9 +5,14 @@
    VmHWM, see `measured`), its wall time and where it passed the best hard prompt
    (core/evaluate/beat.py). Target: <= 2.5 GiB for every task.
 2. app: every page rendered in turn in one process with Streamlit's AppTest, as the server process
-   would hold them: Home, Tune, Sweep, Runs, Compare (base model, generator, a comparison of a
-   soft prompt, hard prompts and the bare model on 8 test inputs), Explore (vocabulary map and
-   index, then the Graph and Neighbours views), Results; its peak RSS. Target: <= 2.5 GiB.
+   would hold them: Home, Tune, Sweep, Runs, Compare (the run's task, base model, generator, a
+   comparison of a soft prompt, hard prompts and the bare model on 8 test inputs), Explore's four
+   views in turn (Tree: vocabulary map and tree, built if not cached; Map; Neighbours: LSH forest;
+   Meaning: 'Score and measure', i.e. the soft and projected prompts scored and every virtual token's
+   importance measured on 32 validation examples), Results; its peak RSS. Target: <= 2.5 GiB.
+   The app's run must be a finished prompt-tuning run. `--trace` prints the RSS and the peak so far
+   after each page and view (kept in memory.json as app_pages either way). A comparison already
+   stored in $WORKBENCH_HOME/comparisons is read back, not generated: clear it for the figure.
 Runs go to $WORKBENCH_HOME when it is set (kept, for a look afterwards), else to a temporary folder.
 `--tasks` picks tasks, `--steps N` cuts every run to N steps (a quick look, not the figure), `--no-app`.
 Writes bench-results/memory.json.
@@ -58,33 +63,53 @@ def _vm_hwm_kib(pid: int) -> int:
     return 0
 
 
-def peak_of(cmd: list[str], env: dict) -> float:
-    code, peak, err = measured(cmd, env)
+def app_peak(script: Path, env: dict) -> tuple[float, list[dict]]:
+    """The APP script's peak RSS (GiB) and its trace: per page (and Explore view), in visiting order, the
+    process's RSS and high-water mark (MiB) once it was drawn, and the seconds it took."""
+    code, peak, err = measured([sys.executable, str(script)], env)
     if code != 0:
-        sys.exit(f"{' '.join(cmd[:4])} failed ({code}): {err[-1500:]}")
-    return peak
+        sys.exit(f"the app script failed ({code}): {err[-1500:]}")
+    trace = []
+    for line in err.splitlines():
+        if line.startswith("TRACE\t"):
+            name, rss, hwm, secs = line.split("\t")[1:]
+            trace.append({"page": name, "rss_mib": float(rss), "hwm_mib": float(hwm), "seconds": float(secs)})
+    return peak, trace
 
 
 APP = textwrap.dedent("""
-    import sys
+    import sys, time
     sys.path.insert(0, {repo!r})
     from streamlit.testing.v1 import AppTest
 
-    def page(name, state=None, click=None):
+    def mib(field):
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def page(name, state=None, click=()):
+        t0 = time.perf_counter()
         at = AppTest.from_file({repo!r} + "/pages/" + name + ".py", default_timeout=1800)
         for k, v in (state or {{}}).items():
             at.session_state[k] = v
         at.run()
-        if click:
-            at.button(key=click).click().run()
+        for key in click:
+            at.button(key=key).click().run()
         assert not at.exception, (name, at.exception)
+        view = (state or {{}}).get("exp_view", "")
+        print(f"TRACE\t{{name + (' ' + view if view else '')}}\t{{mib('VmRSS'):.0f}}\t{{mib('VmHWM'):.0f}}\t"
+              f"{{time.perf_counter() - t0:.1f}}", file=sys.stderr, flush=True)
         return at
 
     for name in ("home", "tune", "sweep", "runs"):
         page(name)
-    page("compare", {{"cmp_runs": [{run!r}], "cmp_n": 8}}, click="cmp_go")
-    for view in ("Map", "Graph", "Neighbours"):
-        page("explore", {{"exp_runs": [{run!r}], "exp_view": view}})
+    page("compare", {{"cmp_task": {task!r}, "cmp_runs": [{run!r}], "cmp_n": 8}}, click=["cmp_go"])
+    explore = {{"exp_runs": [{run!r}]}}
+    for view in ("Tree", "Map", "Neighbours"):
+        page("explore", {{**explore, "exp_view": view}})
+    at = page("explore", {{**explore, "exp_view": "Meaning"}}, click=["mean_go"])
+    assert any(m.label.startswith("Waywardness") for m in at.metric), "Meaning: no scores after 'Score and measure'"
     page("results")
 """)
 
@@ -110,6 +135,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="cut every run to N steps (default: the full run)")
     p.add_argument("--no-app", action="store_true", help="skip the app measurement")
     p.add_argument("--app-run", help="the run the app compares and explores (default: the last task's run)")
+    p.add_argument("--trace", action="store_true", help="print the app's RSS after each page and Explore view")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         sys.path.insert(0, str(REPO))
@@ -125,12 +151,20 @@ def main(argv=None) -> dict:
                   f"{TARGET_GIB} GiB target), {r['steps']} steps in {r['wall_s'] / 60:.1f} min, "
                   + (f"passed the best hard prompt at step {passed['step']}, {passed['seconds'] / 60:.1f} min"
                      if passed else "did not pass the best hard prompt"), flush=True)
-        app = None
+        app, app_info = None, {}
         if not a.no_app and (runs or a.app_run):
             script = Path(tmp) / "app.py"
-            script.write_text(APP.format(repo=str(REPO), run=a.app_run or runs[a.tasks[-1]]["run"]))
-            app = round(peak_of([sys.executable, str(script)], env), 3)
-            print(f"app, every page visited (Compare with a comparison, Explore's three views): peak RSS {app:.2f} GiB",
+            app_run = a.app_run or runs[a.tasks[-1]]["run"]
+            task = json.loads((Path(home) / "runs" / app_run / "config.json").read_text())["task"]
+            script.write_text(APP.format(repo=str(REPO), run=app_run, task=task))
+            app, trace = app_peak(script, env)
+            app = round(app, 3)
+            app_info = {"app_run": app_run, "app_pages": trace}
+            if a.trace:
+                print(f"{'page':<22}{'RSS MiB':>9}{'peak MiB':>10}{'s':>8}")
+                for t in trace:
+                    print(f"{t['page']:<22}{t['rss_mib']:>9.0f}{t['hwm_mib']:>10.0f}{t['seconds']:>8.1f}")
+            print(f"app, every page visited (Compare with a comparison, Explore's four views): peak RSS {app:.2f} GiB",
                   flush=True)
     out = REPO / "bench-results" / "memory.json"
     out.parent.mkdir(exist_ok=True)
@@ -139,8 +173,8 @@ def main(argv=None) -> dict:
         runs = {**before["runs"], **runs}
         app = app if app is not None else before.get("app_peak_rss_gib")
     full = a.steps is None if a.tasks else before.get("full_runs")
-    res = {"runs": runs, "app_peak_rss_gib": app, "target_gib": TARGET_GIB, "full_runs": full,
-           "max_tune_peak_rss_gib": max((r["peak_rss_gib"] for r in runs.values()), default=None)}
+    res = {**before, "runs": runs, "app_peak_rss_gib": app, "target_gib": TARGET_GIB, "full_runs": full,  # notes stay
+           "max_tune_peak_rss_gib": max((r["peak_rss_gib"] for r in runs.values()), default=None), **app_info}
     out.write_text(json.dumps(res, indent=2))
     return res
 

@@ -1,4 +1,7 @@
 """core.explore.neighbors: exact cosine top-k and recall (the LSH forest: tests/test_lshforest.py)."""
+import gc
+import weakref
+
 import numpy as np
 import pytest
 
@@ -87,3 +90,19 @@ def test_bad_query_arguments():
         index.query(np.full((1, 24), np.nan), 3)
     with pytest.raises(ValueError, match="shape"):
         ExactCosine().fit(np.ones(7))
+
+
+def test_shared_index_is_one_per_anchor_content_and_centring():
+    a = ANCHORS.copy()
+    first = ExactCosine.shared(a)
+    assert ExactCosine.shared(a.copy()) is first  # same content: the same matrices, not another copy
+    assert ExactCosine.shared(a, center=False) is not first
+    assert ExactCosine.shared(a + 1.0) is not first
+    idx, sims = first.query(a[:5] + 0.5, 4)
+    ref_idx, ref_sims = ExactCosine().fit(a).query(a[:5] + 0.5, 4)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(sims, ref_sims)
+    gone = weakref.ref(first)
+    del first
+    gc.collect()
+    assert gone() is None  # the share keeps nobody's index alive

@@ -5,6 +5,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from core.explore import vocabtree
+from core.explore.lshforest import LSHForestIndex
 from core.explore.neighbors import ExactCosine
 from core.explore.vocabgraph import graph_tables, knn_graph
 from core.explore.vocabmap import StaleMapError
@@ -129,3 +130,12 @@ def test_known_exact_neighbours_give_the_same_tree(tree):
     np.testing.assert_array_equal(again.dst_, tree.dst_)
     with pytest.raises(ValueError, match="at least k=5"):
         VocabTree().fit(ANCHORS, k=5, knn=(idx[:, 1:4], sims[:, 1:4]))
+
+
+def test_tree_and_forest_share_one_exact_index(tree, tmp_path):
+    """Over one vocabulary the tree (built or reopened) and the LSH forest hold one exact index, not a copy each."""
+    forest = LSHForestIndex(trees=1, branching=4, depth=2, graph_k=4, ef=8, seed=1).fit(ANCHORS)
+    tree.save(tmp_path / "t")
+    back = VocabTree.load(tmp_path / "t", ANCHORS.copy())
+    assert back.index_ is tree.index_ is forest.exact_ is ExactCosine.shared(ANCHORS)
+    np.testing.assert_array_equal(back.attach("r", ANCHORS[:3]).nearest[:, 0], [0, 1, 2])

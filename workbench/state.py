@@ -37,7 +37,7 @@ def vocab_index(spec: str):
     """Exact-cosine index over the model's input embeddings (mean-centred)."""
     from core.model.loading import embedding_matrix
     from core.explore.neighbors import ExactCosine
-    return ExactCosine().fit(embedding_matrix(base_model(spec).model).numpy())
+    return ExactCosine.shared(embedding_matrix(base_model(spec).model).numpy())  # the map's, when it has one
 
 
 @st.cache_resource(show_spinner=False)

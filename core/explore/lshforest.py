@@ -13,8 +13,8 @@ import torch
 from datasketch import LeanMinHash, MinHashLSHForest
 
 from core.explore.kmtree import fit_tree, leaf_numbers
-from core.explore.neighbors import ExactCosine, Progress, _as_matrix, _check_k
-from core.explore.vocabmap import fingerprint
+from core.explore.neighbors import ExactCosine, Progress, _as_matrix, _check_k, fingerprint
+from core.memory import release_freed
 from core.store.paths import read_json, write_json_atomic
 
 CACHE_VERSION = 1
@@ -88,8 +88,8 @@ class LSHForestIndex:
         self, column), which saves the all-pairs search."""
         report = progress or (lambda fraction, message: None)
         started = time.perf_counter()
-        self.exact_ = ExactCosine().fit(anchors, center)
         self.fingerprint_ = fingerprint(anchors)
+        self.exact_ = ExactCosine.shared(anchors, center, self.fingerprint_)
         seeds = np.random.SeedSequence(self.seed).generate_state(self.trees)
         paths, cents = [], []
         for t, s in enumerate(seeds):
@@ -237,7 +237,7 @@ class LSHForestIndex:
         if meta["anchors_shape"] != list(a.shape) or meta["fingerprint"] != fingerprint(a):
             raise ValueError(f"LSH forest cache in {folder} was built for other anchors ({meta['anchors_shape']})")
         index = cls.from_params(meta["params"])
-        index.exact_ = ExactCosine().fit(a, meta["center"])
+        index.exact_ = ExactCosine.shared(a, meta["center"], meta["fingerprint"])  # checked above
         index.fingerprint_, index.fit_seconds_ = meta["fingerprint"], meta["fit_seconds"]
         T, L = index.trees, index.branching ** index.depth
         shapes = {"paths": (len(a), T, index.depth), "centroids": (T, L, a.shape[1]),
@@ -268,6 +268,7 @@ def load_or_fit(folder, anchors, params: dict, center: bool = True, progress: Pr
         pass
     index.fit(anchors, center, progress, knn)
     index.save(where)
+    release_freed(collect=True)
     return index
 
 

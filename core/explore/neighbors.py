@@ -11,6 +11,9 @@ many of the exact top-k it finds.
 """
 from __future__ import annotations
 
+import hashlib
+import threading
+import weakref
 from typing import Callable
 
 import numpy as np
@@ -35,6 +38,14 @@ def _as_matrix(x, name: str, dim: int | None = None) -> np.ndarray:
     return a
 
 
+def fingerprint(anchors) -> str:
+    """Content hash of an anchor matrix (shape, dtype and bytes of its float32 copy)."""
+    a = _as_matrix(anchors, "anchors")  # (V, D)
+    h = hashlib.blake2b(f"{a.shape}|float32|".encode(), digest_size=16)
+    h.update(memoryview(a).cast("B"))
+    return "blake2b:" + h.hexdigest()
+
+
 def _check_k(k, upper: int, name: str = "k") -> int:
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= upper:
         raise ValueError(f"{name} must be an integer in [1, {upper}], got {k!r}")
@@ -54,9 +65,25 @@ class ExactCosine:
 
     SHORTLIST_MARGIN = 64
     BF16_SLACK = 2.0 ** -6  # > 3 * 2^-8 + 2^-16
+    _shared: "weakref.WeakValueDictionary[tuple, ExactCosine]" = weakref.WeakValueDictionary()
+    _shared_lock = threading.Lock()
 
     def __init__(self, chunk: int = 1024) -> None:
         self.chunk = _check_k(chunk, 1 << 20, "chunk")
+
+    @classmethod
+    def shared(cls, anchors, center: bool = True, key: str | None = None) -> "ExactCosine":
+        """An index over anchors fitted once while anyone holds it: the map, the tree, the LSH forest and
+        the app's own index over one vocabulary share its (V, D) float32 and bfloat16 matrices (170 MB
+        for SmolLM2) instead of holding a copy each. key: the anchors' `fingerprint`, if already known.
+        The index must be treated as read-only (every method here is)."""
+        a = _as_matrix(anchors, "anchors")
+        wanted = (key or fingerprint(a), bool(center))
+        with cls._shared_lock:
+            index = cls._shared.get(wanted)
+            if index is None:
+                index = cls._shared[wanted] = cls().fit(a, center)
+            return index
 
     def fit(self, anchors, center: bool = True) -> "ExactCosine":
         a = _as_matrix(anchors, "anchors")  # (V, D)
@@ -73,9 +100,9 @@ class ExactCosine:
 
     def transform(self, vectors) -> np.ndarray:
         """Centre with the anchors' mean_ and scale rows to unit length: (N, D) -> (N, D)."""
-        x = _as_matrix(vectors, "vectors", self.mean_.shape[0]) - self.mean_  # (N, D)
-        norms = np.linalg.norm(x, axis=1, keepdims=True)  # (N, 1)
-        return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+        x = _as_matrix(vectors, "vectors", self.mean_.shape[0]) - self.mean_  # (N, D), a new array
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # in place: no second (N, D) copy
+        return x
 
     def query(self, vectors, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k anchors by cosine: (indices (N, k) int64, sims (N, k) float32), best first."""

@@ -19,7 +19,6 @@ its spanning tree from it.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 import warnings
@@ -28,7 +27,8 @@ from typing import Callable
 
 import numpy as np
 
-from core.explore.neighbors import ExactCosine, _as_matrix, _check_k
+from core.explore.neighbors import ExactCosine, _as_matrix, _check_k, fingerprint  # noqa: F401 (re-exported)
+from core.memory import release_freed
 from core.store.paths import read_json, write_json_atomic
 
 Progress = Callable[[float, str], None]
@@ -40,14 +40,6 @@ IDENTICAL = 1e-6  # cosine distances below this are float32 noise around 0
 
 class StaleMapError(ValueError):
     """The cached map does not belong to these anchors or these parameters."""
-
-
-def fingerprint(anchors: np.ndarray) -> str:
-    """Content hash of an anchor matrix (shape, dtype and bytes of its float32 copy)."""
-    a = _as_matrix(anchors, "anchors")  # (V, D)
-    h = hashlib.blake2b(f"{a.shape}|float32|".encode(), digest_size=16)
-    h.update(memoryview(a).cast("B"))
-    return "blake2b:" + h.hexdigest()
 
 
 def check_params(seed=42, n_neighbors=15, min_dist=0.1, n_epochs=None, center=True) -> dict:
@@ -144,9 +136,9 @@ class VocabMap:
         self.params_ = check_params(seed, n_neighbors, min_dist, n_epochs, center)
         report = progress or (lambda fraction, message: None)
         report(0.0, "centring and normalising the anchors")
-        self.index_ = ExactCosine().fit(anchors, center)
-        _check_k(n_neighbors, self.index_.n_anchors - 1, "n_neighbors")
         self.fingerprint_ = fingerprint(anchors)
+        self.index_ = ExactCosine.shared(anchors, center, self.fingerprint_)
+        _check_k(n_neighbors, self.index_.n_anchors - 1, "n_neighbors")
         started = time.perf_counter()
         knn_i, knn_s = self.index_.kneighbors(
             n_neighbors, include_self=True, progress=lambda f, m: report(0.3 * f, m))  # (V, k) each
@@ -193,7 +185,7 @@ class VocabMap:
             if arr.shape[0] != a.shape[0]:
                 raise StaleMapError(f"{name}.npy in {folder} has {arr.shape[0]} rows, expected {a.shape[0]}")
             setattr(vmap, f"{name}_", arr)
-        vmap.index_ = ExactCosine().fit(a, vmap.params_["center"])
+        vmap.index_ = ExactCosine.shared(a, vmap.params_["center"], vmap.fingerprint_)  # load_cache checked it
         return vmap
 
 
@@ -234,6 +226,7 @@ def cached_fit(cls, cache_dir, anchors, wanted: dict, progress: Progress | None,
         pass
     fitted = cls().fit(anchors, progress=progress, **wanted, **fit_args)
     fitted.save(cache_dir)
+    release_freed(collect=True)  # the build's kNN graph, layout and UMAP intermediates
     return fitted
 
 

@@ -107,8 +107,8 @@ class VocabTree:
         report = progress or (lambda fraction, message: None)
         a = _as_matrix(anchors, "anchors")  # (V, D)
         started = time.perf_counter()
-        self._index = ExactCosine().fit(a, center)
         self.fingerprint_ = fingerprint(a)
+        self._index = ExactCosine.shared(a, center, self.fingerprint_)
         k = _check_k(k, self.index_.n_anchors - 1, "k")
         if knn is not None and source == "exact":
             self.knn_indices_, self.knn_sims_ = (np.asarray(x)[:, :k] for x in knn)  # (V, k) each
@@ -152,7 +152,7 @@ class VocabTree:
     def index_(self) -> ExactCosine:
         """The exact cosine index over the anchors (built by fit, or on first use after load)."""
         if self._index is None:
-            self._index = ExactCosine().fit(self._anchors, self.params_["center"])
+            self._index = ExactCosine.shared(self._anchors, self.params_["center"], self.fingerprint_)
         return self._index
 
     def tree_matrix(self) -> sp.csr_matrix:

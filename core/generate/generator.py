@@ -29,6 +29,7 @@ from core.generate.batching import ActiveRows
 from core.generate.formatting import Formatter
 from core.store.paths import read_json
 from core.model.adapters import adapter_prompt, check_adapter_fits
+from core.memory import release_freed
 from core.model.loading import is_seq2seq
 from core.model.device import on_model_device
 
@@ -152,6 +153,7 @@ class Generator:
         for i, toks in zip(order, tokens):
             text = self.formatter(rows[i][0]).clean_output(self.tokenizer.decode(toks))
             outs[i] = text.split("\n")[0].strip() if decoding.stop_at_newline else text
+        release_freed()  # the batches' activations and caches, back to the system (core/memory.py)
         return outs
 
     def _split(self, batch: list[tuple[System, list[int]]], own: list[int] | None = None):
@@ -236,7 +238,9 @@ class Generator:
         """Mean log-probability per token of each reference (target + end marker) under each system
         (core/generate/loglik.py for causal LMs, seq2seq.py for encoder-decoder models)."""
         from core.generate import loglik, seq2seq
-        return (seq2seq if self.seq2seq else loglik).log_likelihood(self, rows)
+        out = (seq2seq if self.seq2seq else loglik).log_likelihood(self, rows)
+        release_freed()
+        return out
 
 
 def _layers(cache) -> KV:

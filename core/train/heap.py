@@ -39,3 +39,8 @@ def keep_freed_memory() -> bool:
     if not ok:
         log.info("malloc settings not applied: freed memory goes back to the system between steps")
     return ok
+
+
+def keeping() -> bool:
+    """Whether this process has taken the settings (core/memory.release_freed then leaves its heap be)."""
+    return keep_freed_memory.cache_info().currsize > 0 and keep_freed_memory()
