@@ -6,8 +6,8 @@ Uses the newest finished run of a task in WORKBENCH_HOME (default task: sentimen
 Writes bench-results/meaning.json.
 
 Wall-clock times grow with the machine's load. To tell a slow method from a busy machine, a
-reference forward pass (the base model on 8 x 80 tokens, as bench_train_step.py's forward_s) is
-timed before, between and after the two measured phases; its ratio to the recorded forward_s in
+reference forward pass (the stock base model on 8 x 80 tokens, as bench_train_step.py's stock_forward_s) is
+timed before, between and after the two measured phases; its ratio to the recorded stock_forward_s in
 bench-results/train_step.json is each phase's `slowdown` (the mean of the two around it), and the
 sum of the phases divided by their slowdowns is reported as an estimate at the recorded speed.
 """
@@ -34,7 +34,7 @@ RESULTS = Path(__file__).resolve().parent.parent / "bench-results"
 
 
 def reference_forward(model, reps: int = 2) -> float:
-    """Median seconds of the base model's forward on 8 x 80 tokens (bench_train_step.py's forward_s)."""
+    """Median seconds of the base model's forward on 8 x 80 tokens (bench_train_step.py's stock_forward_s)."""
     ids = torch.randint(1000, 20000, (8, 80), generator=torch.Generator().manual_seed(0))
 
     def forward():
@@ -76,7 +76,8 @@ def main() -> None:
     t_short = time.perf_counter() - t0
     total, cpu = t_proj + scores["seconds"] + imp["seconds"], time.process_time() - cpu0
     after = reference_forward(lm.model)
-    recorded = json.loads((RESULTS / "train_step.json").read_text())["forward_s"] \
+    # the stock model's forward is what reference_forward times (forward_s there is the training kernels')
+    recorded = json.loads((RESULTS / "train_step.json").read_text()).get("stock_forward_s") \
         if (RESULTS / "train_step.json").exists() else None
     slow = [(before + between) / 2 / recorded, (between + after) / 2 / recorded] if recorded else None
     estimate = (t_proj + scores["seconds"]) / slow[0] + imp["seconds"] / slow[1] if slow else None

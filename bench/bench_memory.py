@@ -129,6 +129,19 @@ def tune(task: str, env: dict, steps: int | None) -> dict:
             "passed_hard": beat.get("passed"), "hard": beat.get("hard"), "beat_n": beat.get("n")}
 
 
+def from_results(path: Path) -> dict:
+    """The runs part from bench/results.py's rows: the same `workbench tune` child, measured by `measured`."""
+    rows = json.loads(path.read_text())["rows"]
+    out = {}
+    for r in rows:
+        beat = r.get("beat") or {}
+        passed = {"step": beat["step"], "seconds": beat["seconds"]} if beat.get("step") is not None else None
+        out[r["task"]] = {"run": r["run"], "peak_rss_gib": r["peak_rss_gib"], "wall_s": r["train_s"],
+                          "steps": r["steps"], "passed_hard": passed, "hard": beat.get("hard"),
+                          "beat_n": beat.get("n"), "source": path.name}
+    return out
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", nargs="*", default=list(TASKS), choices=TASKS)
@@ -136,14 +149,19 @@ def main(argv=None) -> dict:
     p.add_argument("--no-app", action="store_true", help="skip the app measurement")
     p.add_argument("--app-run", help="the run the app compares and explores (default: the last task's run)")
     p.add_argument("--trace", action="store_true", help="print the app's RSS after each page and Explore view")
+    p.add_argument("--from-results", type=Path, metavar="JSON",
+                   help="take the runs' figures from `make results` output (bench-results/results-test.json), which "
+                        "trains each task's defaults in its own process measured the same way, instead of training again")
     a = p.parse_args(argv)
+    if a.from_results:
+        a.tasks = []
     with tempfile.TemporaryDirectory() as tmp:
         sys.path.insert(0, str(REPO))
         from core.store.paths import model_cache_dir
         home = os.environ.get("WORKBENCH_HOME") or tmp
         env = {**os.environ, "WORKBENCH_HOME": home, "PYTHONPATH": str(REPO),
                "WORKBENCH_MODEL_CACHE": str(model_cache_dir())}  # the converted model and map, not reconverted
-        runs = {}
+        runs = from_results(a.from_results) if a.from_results else {}
         for task in a.tasks:
             runs[task] = r = tune(task, env, a.steps)
             passed = r["passed_hard"]
@@ -152,9 +170,12 @@ def main(argv=None) -> dict:
                   + (f"passed the best hard prompt at step {passed['step']}, {passed['seconds'] / 60:.1f} min"
                      if passed else "did not pass the best hard prompt"), flush=True)
         app, app_info = None, {}
+        for task, r in runs.items() if a.from_results else ():
+            print(f"{task}: peak RSS {r['peak_rss_gib']:.2f} GiB, {r['steps']} steps in {r['wall_s'] / 60:.1f} min "
+                  f"(from {a.from_results.name})", flush=True)
         if not a.no_app and (runs or a.app_run):
             script = Path(tmp) / "app.py"
-            app_run = a.app_run or runs[a.tasks[-1]]["run"]
+            app_run = a.app_run or list(runs.values())[-1]["run"]
             task = json.loads((Path(home) / "runs" / app_run / "config.json").read_text())["task"]
             script.write_text(APP.format(repo=str(REPO), run=app_run, task=task))
             app, trace = app_peak(script, env)
@@ -169,10 +190,10 @@ def main(argv=None) -> dict:
     out = REPO / "bench-results" / "memory.json"
     out.parent.mkdir(exist_ok=True)
     before = json.loads(out.read_text()) if out.exists() else {}
-    if "runs" in before and (not runs or before.get("full_runs") == (a.steps is None)):  # a subset updates the rest
+    if "runs" in before and not a.from_results and (not runs or before.get("full_runs") == (a.steps is None)):  # a subset updates the rest
         runs = {**before["runs"], **runs}
         app = app if app is not None else before.get("app_peak_rss_gib")
-    full = a.steps is None if a.tasks else before.get("full_runs")
+    full = a.steps is None if a.tasks or a.from_results else before.get("full_runs")
     res = {**before, "runs": runs, "app_peak_rss_gib": app, "target_gib": TARGET_GIB, "full_runs": full,  # notes stay
            "max_tune_peak_rss_gib": max((r["peak_rss_gib"] for r in runs.values()), default=None), **app_info}
     out.write_text(json.dumps(res, indent=2))

@@ -55,8 +55,8 @@ BUILTIN: dict[str, TaskSpec] = {t.name: t for t in [
 # "Results" table): each trains in under 10 minutes on 2 CPU cores. Fields not named here take
 # TuneConfig's general defaults. Format augmentation is chosen on the validation split as it is and
 # on its shifted variant together (docs/results.md): it holds qa, paraphrase, summarisation and translation up off their
-# layout (and scored higher as is on three of them); on sentiment it
-# cost accuracy on both, so it stays off there.
+# layout (and scored higher as is on three of them); on sentiment it cost accuracy on both, so sentiment
+# is held up by a light cue after the input instead.
 _PLAIN = {"prompt_format": "plain", "eval_examples": 32,  # plain text: 2-4x shorter sequences than the chat template
           "beat_examples": 16}  # when the soft prompt passes the best hard prompt (core/evaluate/beat.py)
 TASK_DEFAULTS: dict[str, dict] = {
@@ -68,12 +68,17 @@ TASK_DEFAULTS: dict[str, dict] = {
                       "format_augmentation": 0.5},  # validation ROUGE-L 0.484 / 0.469 shifted, against 0.431 / 0.445
     "qa": {**_PLAIN, "init": "text", "init_text": "Answer with a short phrase copied from the context.",
            "max_steps": 150, "max_input_tokens": 192, "max_target_tokens": 16,
-           "format_augmentation": 0.5},  # validation F1 0.81 as is / 0.80 shifted, against 0.88 / 0.61 without
+           # validation F1 0.88 as is / 0.83 shifted (mean of 3 draws) with variants drawn afresh each pass, against
+           # 0.81 / 0.85 drawn once and 0.88 / 0.61 without; an "Answer:" cue after the input lowered both (0.83 / 0.79)
+           "format_augmentation": 0.5},
     "translation": {**_PLAIN, "init": "text", "init_text": "Translate the English sentence into French.",
                     "max_steps": 150, "max_input_tokens": 96, "max_target_tokens": 64,
                     "format_augmentation": 0.5},  # validation chrF 23.3 / 21.5 shifted, against 21.7 / 19.8 without
     "sentiment": {**_PLAIN, "init": "class-label", "label_words": ["positive", "negative"],
-                  "max_steps": 100, "max_input_tokens": 128, "max_target_tokens": 4},
+                  "max_steps": 100, "max_input_tokens": 128, "max_target_tokens": 4,
+                  # a light cue after the review: validation accuracy 1.00 as is / 0.88 shifted (mean of 3 draws),
+                  # against 0.95 / 0.85 without; format augmentation made it answer one label (0.45)
+                  "input_template": "{input}\nSentiment:"},
 }
 
 

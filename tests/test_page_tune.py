@@ -26,7 +26,7 @@ def test_form_is_generated_from_the_config_with_working_defaults(home):
 def test_bad_values_are_reported_next_to_their_fields_and_nothing_starts(home):
     at = page()
     at.text_input(key="cfg_learning_rate").set_value("-1")
-    at.text_input(key="cfg_input_template").set_value("no placeholder")
+    at.text_area(key="cfg_input_template").set_value("no placeholder")
     at.button(key="start").click().run()
     assert not at.exception
     errors = [e.value for e in at.error]
@@ -83,6 +83,7 @@ def test_picking_a_task_sets_its_tuned_defaults_and_own_data_the_general_ones(ho
     assert at.selectbox(key="cfg_init").value == preset["init"]
     assert at.number_input(key="cfg_max_steps").value == preset["max_steps"]
     assert at.text_input(key="cfg_label_words").value == ", ".join(preset["label_words"])
+    assert at.text_area(key="cfg_input_template").value == preset["input_template"] == "{input}\nSentiment:"
     at.number_input(key="cfg_max_steps").set_value(33).run()  # the user's edit stays ...
     at.selectbox(key="cfg_method").set_value("p-tuning").run()
     assert at.number_input(key="cfg_max_steps").value == 33
@@ -109,7 +110,7 @@ def test_own_file_keeps_working_defaults_and_starts(home, tiny_model_dir):
     assert (at.selectbox(key="cfg_input_column").value, at.selectbox(key="cfg_target_column").value) == (
         "question", "answer")
     assert at.number_input(key="cfg_num_virtual_tokens").value == general.num_virtual_tokens
-    assert at.text_input(key="cfg_input_template").value == general.input_template
+    assert at.text_area(key="cfg_input_template").value == general.input_template
     assert at.selectbox(key="cfg_init").value == general.init.value
     at.radio(key="data_kind").set_value("Built-in task").run()  # away and back: the file stays
     at.radio(key="data_kind").set_value("My file").run()

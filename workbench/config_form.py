@@ -59,6 +59,9 @@ def apply_defaults(task: str | None, form: str = "cfg") -> None:
         st.session_state[key(name, form)] = widget_value(name, getattr(cfg, name))
 
 
+MULTILINE = {"input_template"}  # text fields drawn as a text area
+
+
 def field_widget(name: str, container=st, label: str | None = None, task: str | None = None, form: str = "cfg",
                  options: list | None = None):
     """Render the widget for one config field and return its raw value. A field starts at the
@@ -87,8 +90,9 @@ def field_widget(name: str, container=st, label: str | None = None, task: str | 
     elif isinstance(default, list):
         raw = container.text_input(label, help=help_ + " (comma-separated)", key=k)
         value = [w.strip() for w in raw.split(",") if w.strip()]
-    else:
-        value = container.text_input(label, help=help_, key=k) or None
+    else:  # a template may span lines ("{input}\nSentiment:"), which a one-line input would drop
+        widget = container.text_area if name in MULTILINE else container.text_input
+        value = widget(label, help=help_, key=k, **({"height": 68} if name in MULTILINE else {})) or None
         value = value if value is not None or f.default is None else ""
     err = st.session_state.get(ERRORS_KEY, {}).get(name) if form == "cfg" else None
     if err:
