@@ -32,6 +32,7 @@ else:
         st.caption(f"On the shifted test split (each input in a random format variant: line breaks, field names, "
                    f"casing, spacing, quotes, a preface) the soft prompt is ahead on {table['wins_shifted']} of "
                    f"{len(table['rows'])} tasks. Try your own layouts on Compare with \"also on format variants\".")
+        st.markdown(f"**Where the soft prompt does not hold:** {table['losses']}.")
 
 st.subheader("Prompt length and init strategy")
 st.caption("How long a soft prompt, started from what? Each point is a run trained with the task's defaults "

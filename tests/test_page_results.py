@@ -9,6 +9,8 @@ def test_renders_the_shipped_results_and_report(home):
     at = open_page("results")
     assert not at.exception, at.exception
     assert at.dataframe[0].value["task"].tolist()  # the soft-vs-hard table
+    held = [m.value for m in at.markdown if "does not hold" in m.value]  # where it loses, said plainly
+    assert held and held[0].endswith(rep.results_table()["losses"] + ".")
     assert "shipped" in at.selectbox(key="rep_pick").format_func(at.selectbox(key="rep_pick").value)
 
 

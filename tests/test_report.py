@@ -92,3 +92,7 @@ def test_results_table_reports_the_shifted_split_with_intervals(tmp_path):
     assert qa["soft change under shift"] == "-25%" and qa["soft 95% CI"] == "0.700-0.900"
     assert qa["soft ahead, shifted"] and not sentiment["soft ahead, shifted"]
     assert (table["wins"], table["wins_shifted"]) == (2, 1)
+    assert table["losses"] == ("behind or level shifted: sentiment; drops more than 15% under the shift: qa, "
+                               "sentiment")  # said in words on the Results page
+    path.write_text(json.dumps({"machine": "here", "rows": [row("qa", 0.8, 0.3, 0.75, 0.35)]}))
+    assert rep.results_table(path)["losses"].startswith("ahead on every task")

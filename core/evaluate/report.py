@@ -162,7 +162,22 @@ def results_table(path: Path | None = None) -> dict | None:
             for r in table["rows"]]
     shifted = all("soft ahead, shifted" in r for r in rows)
     return {"rows": rows, "wins": sum(r["soft ahead"] for r in rows), "machine": table["machine"],
-            "wins_shifted": sum(r["soft ahead, shifted"] for r in rows) if shifted else None}
+            "wins_shifted": sum(r["soft ahead, shifted"] for r in rows) if shifted else None,
+            "losses": losses(table["rows"]) if shifted else None}
+
+
+def losses(rows: list[dict], drop: float = 0.15) -> str:
+    """Where the soft prompt does not hold, in words: the tasks where it is not ahead (as is, shifted)
+    and those whose soft score falls by more than `drop` of its own under the shift."""
+    def names(pick) -> str:
+        return ", ".join(r["task"] for r in rows if pick(r))
+    parts = [f"behind or level as is: {names(lambda r: r['soft'] <= r['best_hard'])}",
+             f"behind or level shifted: {names(lambda r: r['shifted']['soft'] <= r['shifted']['best_hard'])}",
+             f"drops more than {drop:.0%} under the shift: "
+             + names(lambda r: r["soft"] and (r["soft"] - r["shifted"]["soft"]) / r["soft"] > drop)]
+    said = [p for p in parts if not p.endswith(": ")]
+    return "; ".join(said) if said else "ahead on every task, as is and shifted, none dropping by more than " \
+        f"{drop:.0%}"
 
 
 def beat_text(beat: dict | None) -> str | None:
