@@ -109,6 +109,7 @@ def test_augment_draws_new_variants_for_each_pass_a_run_makes():
     rows = load_task("qa").train
     assert passes(len(rows), 0.5, steps=150, batch_size=8) == -(-1200 // round(len(rows) * 1.5))
     assert passes(len(rows), 0.5, steps=1, batch_size=1) == 1
+    assert passes(10, 0.5, steps=100_000, batch_size=8) == 32  # bounded on a tiny dataset
     once, three = augment(rows, 0.5, seed=3), augment(rows, 0.5, seed=3, rounds=3)
     assert three[:len(once)] == once  # round 0 is the single draw
     assert three.count(rows[0]) == 3  # each original once a round

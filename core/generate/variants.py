@@ -198,7 +198,10 @@ def augment(examples: list[dict], share: float, seed: int = 0, rounds: int = 1) 
     return out
 
 
+MAX_ROUNDS = 32  # a small dataset on a long run: past this the layouts repeat anyway, and memory stays bounded
+
+
 def passes(n_examples: int, share: float, steps: int, batch_size: int) -> int:
-    """How many passes over the augmented data a run of `steps` batches makes (at least 1)."""
+    """How many passes over the augmented data a run of `steps` batches makes (1 to MAX_ROUNDS)."""
     per_pass = max(1, round(n_examples * (1 + share)))
-    return max(1, -(-steps * batch_size // per_pass))
+    return min(MAX_ROUNDS, max(1, -(-steps * batch_size // per_pass)))
