@@ -8,7 +8,7 @@ Forward baselines, all no-grad over the same rows: the base model as the workben
 model as stock transformers runs it (PyTorch's default CPU matmul), and the PEFT model (its 20
 virtual tokens included). Step and forward are timed alternately, so a busy moment of the
 machine hits both; the other baselines alternate with the forward in a second round. The process keeps its freed memory for the next step, as a training process
-does (core/train/heap.py). Prints each figure with its ratio and writes bench-results/train_step.json.
+does (core/model/heap.py). Prints each figure with its ratio and writes bench-results/train_step.json.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from bench.common import stock_model, timed  # noqa: E402
 from core.config import TuneConfig  # noqa: E402
 from core.train.fastloss import labelled_loss  # noqa: E402
 from core.generate.formatting import IGNORE, PadCollator  # noqa: E402
-from core.train.heap import keep_freed_memory  # noqa: E402
+from core.model.heap import keep_freed_memory  # noqa: E402
 from core.train.methods import build_peft_model  # noqa: E402
 from core.model.loading import load_model  # noqa: E402
 from core.tasks import load_task  # noqa: E402

@@ -22,7 +22,7 @@ SWITCHES = {  # field -> (variable, what it turns off when set to 0)
     "flatstack": ("WORKBENCH_FLATSTACK", "the written-out llama decoder stack in training (core/train/flatstack.py)"),
     "onednn": ("WORKBENCH_ONEDNN", "oneDNN matmuls for the frozen linear layers (core/model/kernels.py)"),
     "fused": ("WORKBENCH_FUSED", "the fused C kernels (core/model/fused.py)"),
-    "keep_heap": ("WORKBENCH_KEEP_HEAP", "keeping freed memory between training steps (core/train/heap.py)"),
+    "keep_heap": ("WORKBENCH_KEEP_HEAP", "keeping freed memory between training steps (core/model/heap.py)"),
 }
 CPU_ONLY = ("flatstack", "onednn", "fused", "keep_heap")  # the fast paths that apply to training on the CPU only
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "datasets", "numpy")

@@ -476,7 +476,7 @@ TUNE_FAULTS = [
     ("text_input", "cfg_learning_rate", "nan", "Learning rate: nan is not a finite number"),
     ("text_input", "cfg_learning_rate", "-1e-3", "Learning rate: -0.001 is out of range: use a positive value"),
     ("number_input", "cfg_max_steps", 0, "Max steps: 0 is out of range: use a value at least 1"),
-    ("text_input", "cfg_input_template", "Review: text", "add {input} where the example goes"),
+    ("text_area", "cfg_input_template", "Review: text", "add {input} where the example goes"),
 ]
 
 

@@ -7,7 +7,7 @@ import pytest
 
 SCRIPT = r"""
 import resource, sys, torch
-from core.train.heap import keep_freed_memory
+from core.model.heap import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def step():  # a step's activations: many blocks of a few MB, all freed at its end
@@ -31,7 +31,7 @@ def test_a_step_reuses_the_pages_the_one_before_freed():
 
 
 def test_turned_off_by_the_setting(monkeypatch):
-    from core.train import heap
+    from core.model import heap
     from tests.conftest import use_settings
     use_settings(monkeypatch, keep_heap=False)
     heap.keep_freed_memory.cache_clear()

@@ -128,4 +128,6 @@ def test_format_augmentation_adds_shifted_copies_to_the_training_set(home, tiny_
                            None)[0].train_dataset
     cfg = tiny_config(tiny_model_dir, str(data), format_augmentation=1.0)
     augmented = training.setup(new_run(cfg), cfg, None)[0].train_dataset
-    assert len(plain) == 8 and len(augmented) == 16  # every training example also in a format variant
+    # every training example also in a format variant, drawn afresh for each of the run's passes
+    # (6 steps x 4 rows over 16 augmented rows: 2 passes)
+    assert len(plain) == 8 and len(augmented) == 32

@@ -14,7 +14,7 @@ from datasketch import LeanMinHash, MinHashLSHForest
 
 from core.explore.kmtree import fit_tree, leaf_numbers
 from core.explore.neighbors import ExactCosine, Progress, _as_matrix, _check_k, fingerprint
-from core.memory import release_freed
+from core.model.memory import release_freed
 from core.store.paths import read_json, write_json_atomic
 
 CACHE_VERSION = 1

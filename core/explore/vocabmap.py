@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from core.explore.neighbors import ExactCosine, _as_matrix, _check_k, fingerprint  # noqa: F401 (re-exported)
-from core.memory import release_freed
+from core.model.memory import release_freed
 from core.store.paths import read_json, write_json_atomic
 
 Progress = Callable[[float, str], None]

@@ -29,7 +29,7 @@ from core.generate.batching import ActiveRows
 from core.generate.formatting import Formatter
 from core.store.paths import read_json
 from core.model.adapters import adapter_prompt, check_adapter_fits
-from core.memory import release_freed
+from core.model.memory import release_freed
 from core.model.loading import is_seq2seq
 from core.model.device import on_model_device
 
@@ -153,7 +153,7 @@ class Generator:
         for i, toks in zip(order, tokens):
             text = self.formatter(rows[i][0]).clean_output(self.tokenizer.decode(toks))
             outs[i] = text.split("\n")[0].strip() if decoding.stop_at_newline else text
-        release_freed()  # the batches' activations and caches, back to the system (core/memory.py)
+        release_freed()  # the batches' activations and caches, back to the system (core/model/memory.py)
         return outs
 
     def _split(self, batch: list[tuple[System, list[int]]], own: list[int] | None = None):

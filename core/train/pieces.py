@@ -15,7 +15,7 @@ bench/bench_memory.py measures the peaks.
 Every piece is also padded to a width from a short ladder (bucket_width: a multiple of 4 between
 64 and 127 tokens, of 2 between 32 and 63, ...; about 2% more positions on average), so the
 step's tensors come in a few sizes. The frozen matmuls (oneDNN) pin freed blocks of each new size
-in the heap that a training process keeps (core/train/heap.py): with every width its own size, a
+in the heap that a training process keeps (core/model/heap.py): with every width its own size, a
 summarisation run grew from 1.4 to 2.2 GiB in its first 7 steps. Padding positions are masked and
 unlabelled: the loss and gradient are unchanged (tested).
 """

@@ -21,7 +21,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 
 from core import settings
 from core.train.distributed import is_main_process, record_rank, world_size
-from core.train.heap import keep_freed_memory
+from core.model.heap import keep_freed_memory
 from core.config import TuneConfig
 from core.train.fastloss import labelled_loss
 from core.train.pieces import loss_in_pieces
@@ -220,7 +220,7 @@ def train(run: Run, resume: bool = False, progress: Callable | None = None, extr
     if is_main_process():  # how the numbers were made: switches, fast paths, versions, machine
         write_json_atomic(run.path / "runtime.json", settings.runtime(device, cfg.precision.value, world_size()))
     if settings.fast_paths(device)["keep_heap"] is None:
-        keep_freed_memory()  # each step reuses the pages of the one before (core/train/heap.py)
+        keep_freed_memory()  # each step reuses the pages of the one before (core/model/heap.py)
     t0 = time.time()
     stop = {"requested": False}  # SIGTERM at any point, even while loading, ends the run cleanly
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("requested", True))

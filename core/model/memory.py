@@ -6,7 +6,7 @@ Streamlit runs every page run in a new thread, so what one page's generation fre
 attention and logits tensors for a 3-shot comparison, measured) stayed resident while the next page
 grew another arena, and the app's peak RSS added them up. `malloc_trim(0)` returns the free pages
 of every arena; it takes milliseconds. Elsewhere (macOS, musl) this does nothing, and so it does in a
-training process, which keeps its heap for the next step on purpose (core/train/heap.py).
+training process, which keeps its heap for the next step on purpose (core/model/heap.py).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import functools
 import gc
 import sys
 
-from core.train import heap
+from core.model import heap
 
 
 @functools.cache
