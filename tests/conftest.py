@@ -123,3 +123,16 @@ def soft_compare_setup(model_dir, data_path, max_new_tokens: int = 3, batch_size
     spec = CompareSpec(task.test + task.validation, systems, Decoding(max_new_tokens=max_new_tokens), "generation",
                        main_metric="token_f1")
     return Generator(lm.model, lm.tokenizer, batch_size=batch_size), spec, model_dir
+
+
+def assert_loss_matches_peft(model, batch):
+    """The workbench's labelled loss and its gradients equal PEFT's own loss path on `batch`."""
+    from core.train.fastloss import labelled_loss
+    params = [p for p in model.parameters() if p.requires_grad]
+    ref = model(**batch).loss
+    ref_grads = torch.autograd.grad(ref, params)
+    ours = labelled_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    grads = torch.autograd.grad(ours, params)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, rtol=1e-4, atol=1e-6)

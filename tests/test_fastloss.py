@@ -7,6 +7,7 @@ from core.train import fastloss
 from core.train import flatstack
 from core.model import fused
 from core.train.fastloss import labelled_loss
+from tests.conftest import assert_loss_matches_peft
 from core.generate.formatting import EncodedDataset, Formatter, PadCollator
 from core.train.methods import build_peft_model
 
@@ -44,14 +45,7 @@ def test_loss_and_gradients_equal_pefts(tiny_model_dir, tokenizer, kw, layout):
     rows = [{"input": "short", "target": "a"}, {"input": "a much longer input here", "target": "two words"}]
     ds = EncodedDataset(rows, fmt)
     batch = PadCollator(tokenizer.pad_token_id)([ds[0], ds[1]])
-    params = [p for p in model.parameters() if p.requires_grad]
-    ref = model(**batch).loss
-    ref_grads = torch.autograd.grad(ref, params)
-    ours = labelled_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-    grads = torch.autograd.grad(ours, params)
-    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
-    for g, r in zip(grads, ref_grads):
-        assert torch.allclose(g, r, rtol=1e-4, atol=1e-6)
+    assert_loss_matches_peft(model, batch)
 
 
 @pytest.mark.parametrize("method", ["prompt-tuning", "p-tuning"])

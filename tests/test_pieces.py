@@ -4,6 +4,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from core.config import TuneConfig
+from tests.conftest import assert_loss_matches_peft
 from core.generate.formatting import EncodedDataset, Formatter, PadCollator
 from core.train.fastloss import labelled_loss
 from core.train.methods import build_peft_model
@@ -99,11 +100,4 @@ def test_labelled_rows_padded_to_the_ladder_give_pefts_loss_and_gradient(tiny_mo
         if labelled > 32 and bucket_width(labelled) > labelled:
             break
     assert labelled > 32 and bucket_width(labelled) > labelled  # the rows are padded
-    params = [p for p in model.parameters() if p.requires_grad]
-    ref = model(**batch).loss
-    ref_grads = torch.autograd.grad(ref, params)
-    ours = labelled_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-    grads = torch.autograd.grad(ours, params)
-    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
-    for g, r in zip(grads, ref_grads):
-        assert torch.allclose(g, r, rtol=1e-4, atol=1e-6)
+    assert_loss_matches_peft(model, batch)
