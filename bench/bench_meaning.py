@@ -71,7 +71,8 @@ def main() -> None:
     t_proj = time.perf_counter() - t0
     scores = projection_scores(gen, run_id, proj, a.n)
     between = reference_forward(lm.model)
-    imp = token_importance(gen, run_id, vectors, index.mean_, a.n, ("mean", "remove") if a.remove else ("mean",))
+    imp = token_importance(gen, run_id, vectors, index.mean_, a.n, ("mean", "remove") if a.remove else ("mean",),
+                           base=scores["soft_loglik"])
     keep = top_k_tokens(imp["mean"], max(1, len(vectors) // 2))
     t0 = time.perf_counter()
     short = shorter_prompt_loglik(gen, run_id, vectors, keep, a.n)

@@ -96,6 +96,20 @@ def test_reference_log_likelihood_matches_the_peft_loss(lm, tiny_model_dir, toke
         assert value == pytest.approx(-loss.item(), abs=1e-4)
 
 
+@pytest.mark.parametrize("kw", [dict(method="prompt-tuning"), dict(method="prefix-tuning")])
+def test_scored_generation_reads_the_log_likelihood_off_the_prefill(lm, tiny_model_dir, tokenizer, tmp_path, kw):
+    """generate_scored gives the outputs generate gives and the log-likelihoods log_likelihood gives,
+    across systems, target lengths and prefills that join a running batch (batch of 4, 9 rows)."""
+    soft = System("s", template="Q: {input}", adapter_dir=save_adapter(tiny_model_dir, tokenizer, tmp_path, **kw))
+    pairs = [("Say apple", "apple"), ("Say a longer river", "the river flows on"), ("Hi", "a")]
+    rows = [(s, x, t) for s in (soft, System("bare"), System("plain", prompt_format="plain")) for x, t in pairs]
+    gen = Generator(lm.model, lm.tokenizer, batch_size=4)
+    outs, lls = gen.generate_scored(rows, Decoding(max_new_tokens=5))
+    assert outs == gen.generate([r[:2] for r in rows], Decoding(max_new_tokens=5))
+    assert lls == pytest.approx(gen.log_likelihood(rows), abs=1e-5)
+    assert len(set(round(x, 4) for x in lls)) > 3  # rows differ: the values are each row's own
+
+
 def test_stop_at_newline_ends_each_row_at_its_first_break_after_text(lm):
     """Rows stop at the first line-break token once they hold text; a break before any text does not stop."""
     gen = Generator(lm.model, lm.tokenizer, batch_size=4)

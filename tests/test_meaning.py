@@ -85,6 +85,11 @@ def test_the_soft_prompt_in_memory_scores_as_its_adapter(trained):
     _, rows = meaning.validation_rows(meaning.Run.open("pt"), N)
     from_file = gen.log_likelihood([(run_system("pt"), x["input"], x["target"]) for x in rows])
     assert imp["base"] == pytest.approx(float(np.mean(from_file)), abs=1e-5)
+    # the soft prompt's log-likelihood from the projection's scores serves as the importance base
+    scores = meaning.projection_scores(gen, "pt", meaning.project(vectors, index, emb, lm.tokenizer), N)
+    assert scores["soft_loglik"] == pytest.approx(imp["base"], abs=1e-5)
+    reused = meaning.token_importance(gen, "pt", vectors, index.mean_, N, base=scores["soft_loglik"])
+    assert reused["mean"] == pytest.approx(imp["mean"], abs=1e-5)
 
 
 def test_prefix_tuning_has_no_projection(home, tiny_model_dir, toy_data):

@@ -53,7 +53,7 @@ def _measure(model: str, run_id: str, vectors: np.ndarray, projection, n: int, m
         with st.spinner(f"Generating with the soft and the projected prompt on {n} validation examples…"):
             scores = projection_scores(gen, run_id, projection, n)
         with st.spinner(f"Measuring {len(vectors)} virtual tokens' importance ({', '.join(modes)})…"):
-            importance = token_importance(gen, run_id, vectors, mean, n, modes)
+            importance = token_importance(gen, run_id, vectors, mean, n, modes, base=scores["soft_loglik"])
         store[key] = {"scores": scores, "importance": importance, "shorter": {}}
     return store[key]
 

@@ -110,15 +110,18 @@ def run_comparison(gen: Generator, spec: CompareSpec, model: str, embedder=None,
     def report(done: int, total: int) -> None:
         eta = (time.time() - t0) / done * (total - done)
         progress(0.9 * done / total, f"generating {done}/{total} rows · ETA {eta:.0f} s")
-    texts = gen.generate(rows, spec.decoding, progress=report if progress else None)
+    refs = [x.get("target", "") for x in spec.inputs]
+    if all(refs):  # each reference's log-likelihood read off the generation's prefill
+        texts, lls = gen.generate_scored([(s, x["input"], x["target"]) for s in spec.systems for x in spec.inputs],
+                                         spec.decoding, progress=report if progress else None)
+    else:
+        texts = gen.generate(rows, spec.decoding, progress=report if progress else None)
     n = len(spec.inputs)
     outputs = {s.name: texts[i * n:(i + 1) * n] for i, s in enumerate(spec.systems)}
-    refs = [x.get("target", "") for x in spec.inputs]
     scores, summary = {}, []
     if all(refs):
         if progress:
             progress(0.92, "scoring")
-        lls = gen.log_likelihood([(s, x["input"], x["target"]) for s in spec.systems for x in spec.inputs])
         for i, s in enumerate(spec.systems):
             per = score_predictions(outputs[s.name], refs, spec.kind, list(spec.labels) or None, embedder)
             per["ref_loglik"] = lls[i * n:(i + 1) * n]

@@ -115,20 +115,21 @@ def _loglik(gen: Generator, prompts: dict[str, np.ndarray], base: System, rows: 
 
 
 def token_importance(gen: Generator, run_id: str, vectors: np.ndarray, mean: np.ndarray, n: int = 32,
-                     modes: tuple = ("mean",)) -> dict:
+                     modes: tuple = ("mean",), base: float | None = None) -> dict:
     """Per virtual token and mode, the drop in the reference log-likelihood on the first n validation
     examples when that token is replaced by the vocabulary mean (mode "mean") or removed ("remove").
-    {base: float, <mode>: (P,) drops (positive: the token helps), seconds}."""
+    `base`: the whole prompt's log-likelihood on those examples where already measured (projection_scores'
+    soft_loglik), else measured here. {base: float, <mode>: (P,) drops (positive: the token helps), seconds}."""
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise ValueError(f"modes must be some of {MODES}, got {modes!r}")
     run = Run.open(run_id)
     _, rows = validation_rows(run, n)
     t0 = time.perf_counter()
-    prompts = {"base": vectors}
+    prompts = {"base": vectors} if base is None else {}
     for mode in modes:
         prompts.update({f"{mode}@{j:04d}": _variant(vectors, j, mode, mean) for j in range(len(vectors))})
-    ll = _loglik(gen, prompts, run_system(run_id), rows)
+    ll = {"base": base, **_loglik(gen, prompts, run_system(run_id), rows)}
     out = {"base": ll["base"], "seconds": 0.0, "examples": len(rows)}
     for mode in modes:
         out[mode] = np.array([ll["base"] - ll[f"{mode}@{j:04d}"] for j in range(len(vectors))])

@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (B, H, L, d)
+
 
 @dataclass
 class ActiveRows:
@@ -90,3 +92,40 @@ def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
     shape = list(t.shape)
     shape[axis] = missing
     return torch.cat([torch.zeros(shape, dtype=t.dtype), t], dim=axis)
+
+
+def stack_prefixes(prefixes: list, P: int) -> KV:
+    """Left-pad every row's prefix cache to P positions and stack the rows: (B, H, P, d) per layer."""
+    layers = []
+    for layer in range(len(next(p for p in prefixes if p.kv).kv)):
+        ks, vs = [], []
+        for p in prefixes:
+            k, v = p.kv[layer] if p.kv else (None, None)
+            ref = next(q.kv[layer][0] for q in prefixes if q.kv)
+            shape = (1, ref.shape[1], P - p.length, ref.shape[3])
+            pad = torch.zeros(shape, dtype=ref.dtype)
+            ks.append(torch.cat([pad, k], dim=2) if k is not None else torch.zeros(1, ref.shape[1], P, ref.shape[3]))
+            vs.append(torch.cat([pad, v], dim=2) if v is not None else torch.zeros(1, ref.shape[1], P, ref.shape[3]))
+        layers.append((torch.cat(ks), torch.cat(vs)))
+    return layers
+
+
+def stop_ids(tokenizer) -> torch.Tensor:
+    ids = {tokenizer.eos_token_id}
+    for tok in ("<|im_end|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            ids.add(tid)
+    return torch.tensor(sorted(i for i in ids if i is not None))
+
+
+def pick(logits: torch.Tensor, d, gen: torch.Generator) -> torch.Tensor:
+    """The next token per row under decoding `d` (generator.Decoding): argmax, or a top-p sample."""
+    if d.temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / d.temperature, dim=-1)  # (B, V)
+    if d.top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < d.top_p
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
+    return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=gen)[:, 0]

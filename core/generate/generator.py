@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 from transformers import DynamicCache
 
-from core.generate.batching import ActiveRows
+from core.generate.batching import KV, ActiveRows, pick, stack_prefixes, stop_ids
 from core.generate.formatting import Formatter
 from core.store.paths import read_json
 from core.model.adapters import adapter_prompt, check_adapter_fits
@@ -33,7 +33,6 @@ from core.model.memory import release_freed
 from core.model.loading import is_seq2seq
 from core.model.device import on_model_device
 
-KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (B, H, L, d)
 
 
 @dataclass
@@ -137,24 +136,42 @@ class Generator:
         self._prefix = {k: v for k, v in self._prefix.items() if not str(k[0]).startswith("mem:")}
 
     # ---- generation ---------------------------------------------------------------------
-    @on_model_device
     def generate(self, rows: list[tuple[System, str]], decoding: Decoding = Decoding(),
                  progress: Callable[[int, int], None] | None = None) -> list[str]:
         """One output text per (system, input) row, in order."""
+        return self._generate(rows, decoding, progress)[0]
+
+    def generate_scored(self, rows: list[tuple[System, str, str]], decoding: Decoding = Decoding(),
+                        progress: Callable[[int, int], None] | None = None) -> tuple[list[str], list[float]]:
+        """generate() on (system, input, reference) rows, and each reference's log_likelihood() read off
+        the same prefill (causal LMs: the prompts go through the model once, not twice)."""
+        if self.seq2seq:
+            return self.generate([r[:2] for r in rows], decoding, progress), self.log_likelihood(rows)
+        targets = [self.formatter(s).target_ids(t) for s, _, t in rows]
+        outs, lls = self._generate([r[:2] for r in rows], decoding, progress, targets)
+        return outs, lls
+
+    @on_model_device
+    def _generate(self, rows, decoding, progress, targets=None) -> tuple[list[str], list[float] | None]:
         encoded = [(s, self.prompt_ids(s, x)) for s, x in rows]
         order = sorted(range(len(rows)), key=lambda i: (rows[i][0].name, len(encoded[i][1])))
-        run = self._generate_batch
+        run, lls = self._generate_batch, None
         if self.seq2seq:
             from core.generate import seq2seq
             run = functools.partial(seq2seq.generate, self)
+        elif targets is not None:
+            lls = [0.0] * len(rows)
+            run = functools.partial(run, scored=([targets[i] for i in order], lls))
         tokens = run([encoded[i] for i in order], decoding, torch.Generator(self.model.device).manual_seed(decoding.seed),
                      progress)
+        if lls is not None:
+            lls = _unsort(lls, order)
         outs: list[str] = [""] * len(rows)
         for i, toks in zip(order, tokens):
             text = self.formatter(rows[i][0]).clean_output(self.tokenizer.decode(toks))
             outs[i] = text.split("\n")[0].strip() if decoding.stop_at_newline else text
         release_freed()  # the batches' activations and caches, back to the system (core/model/memory.py)
-        return outs
+        return outs, lls
 
     def _split(self, batch: list[tuple[System, list[int]]], own: list[int] | None = None):
         """Per row: the prefix cache of its system's common token run, and the row's own tokens
@@ -178,21 +195,22 @@ class Generator:
             mask[r, P - p.length:P] = 1
             mask[r, P + S - len(s):] = 1
             pos[r, S - len(s):] = torch.arange(p.length, p.length + len(s))
-        cache = DynamicCache(ddp_cache_data=_stack_prefixes([p for p, _ in parts], P)) if P else DynamicCache()
+        cache = DynamicCache(ddp_cache_data=stack_prefixes([p for p, _ in parts], P)) if P else DynamicCache()
         return ids, mask, pos, cache
 
     @torch.no_grad()
     def _generate_batch(self, batch, decoding: Decoding, gen: torch.Generator | None,
-                        progress: Callable[[int, int], None] | None = None) -> list[list[int]]:
+                        progress: Callable[[int, int], None] | None = None, scored=None) -> list[list[int]]:
         """Output token ids for every encoded (system, prompt ids) row, at most `batch_size` rows at once.
 
         Greedy decoding batches continuously: a row that ends leaves the batch at once, and when
         a quarter of the slots are free the next waiting rows are prefilled together and join it, so
         decode steps run on full batches instead of waiting for a batch's longest row. Every row
         keeps its own positions and mask, so what it generates does not depend on its neighbours.
-        Sampling runs fixed batches (each batch's random stream independent of when rows end)."""
+        Sampling runs fixed batches (each batch's random stream independent of when rows end).
+        `scored` (target ids per row, a list to fill): each target's mean log-probability, from the prefill."""
         parts = self._split(batch)
-        ends = (_stop_ids(self.tokenizer), self.token_kinds() if decoding.stop_at_newline else None)
+        ends = (stop_ids(self.tokenizer), self.token_kinds() if decoding.stop_at_newline else None)
         greedy = decoding.temperature <= 0
         refill_at = max(1, self.batch_size // 4) if greedy else self.batch_size
         out: list[list[int]] = [[] for _ in batch]
@@ -201,10 +219,10 @@ class Generator:
             free = self.batch_size - (len(active.rows) if active is not None else 0)
             if waiting and free >= refill_at:
                 take, waiting = waiting[:free], waiting[free:]
-                new = self._prefill([parts[r] for r in take], torch.tensor(take), ends, decoding, gen, out)
+                new = self._prefill([parts[r] for r in take], torch.tensor(take), ends, decoding, gen, out, scored)
                 active = new if active is None else active.merge(new)
             else:
-                active.step(self.model, lambda logits: _pick(logits, decoding, gen), out)
+                active.step(self.model, lambda logits: pick(logits, decoding, gen), out)
             ended = active.ended(decoding.max_new_tokens, out)
             if ended.any() and (greedy or ended.all()):
                 finished += int(ended.sum())
@@ -213,13 +231,18 @@ class Generator:
                     progress(finished, len(batch))
         return out
 
-    def _prefill(self, parts, rows: torch.Tensor, ends: tuple, decoding: Decoding, gen, out) -> ActiveRows:
+    def _prefill(self, parts, rows: torch.Tensor, ends: tuple, decoding: Decoding, gen, out, scored=None) -> ActiveRows:
         """The rows' prompts through the model at once; their first tokens picked. `ends`: stop ids, token kinds."""
         ids, mask, pos, cache = self._batch_inputs(parts)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                             use_cache=True, logits_to_keep=1).logits[:, -1]  # (b, V)
+        if scored is not None:
+            from core.generate.loglik import after_prompt
+            lls = after_prompt(self.model, logits, cache, mask, pos, [scored[0][r] for r in rows.tolist()])
+            for r, ll in zip(rows.tolist(), lls):
+                scored[1][r] = ll
         active = ActiveRows(rows, mask, pos[:, -1:] + 1, cache, *ends, self.tokenizer.pad_token_id)
-        active.take(_pick(logits, decoding, gen), out)
+        active.take(pick(logits, decoding, gen), out)
         return active
 
     def token_kinds(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,6 +266,14 @@ class Generator:
         return out
 
 
+def _unsort(values: list, order: list[int]) -> list:
+    """values[k] belongs to row order[k]: back in row order."""
+    out = [None] * len(values)
+    for k, i in enumerate(order):
+        out[i] = values[k]
+    return out
+
+
 def _layers(cache) -> KV:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
@@ -255,39 +286,3 @@ def _common_prefix(seqs: list[list[int]]) -> int:
         if any(s[i] != first[i] for s in seqs):
             return i
     return max(n, 0)
-
-
-def _stack_prefixes(prefixes: list[_Prefix], P: int) -> KV:
-    """Left-pad every row's prefix cache to P positions and stack the rows: (B, H, P, d) per layer."""
-    layers = []
-    for layer in range(len(next(p for p in prefixes if p.kv).kv)):
-        ks, vs = [], []
-        for p in prefixes:
-            k, v = p.kv[layer] if p.kv else (None, None)
-            ref = next(q.kv[layer][0] for q in prefixes if q.kv)
-            shape = (1, ref.shape[1], P - p.length, ref.shape[3])
-            pad = torch.zeros(shape, dtype=ref.dtype)
-            ks.append(torch.cat([pad, k], dim=2) if k is not None else torch.zeros(1, ref.shape[1], P, ref.shape[3]))
-            vs.append(torch.cat([pad, v], dim=2) if v is not None else torch.zeros(1, ref.shape[1], P, ref.shape[3]))
-        layers.append((torch.cat(ks), torch.cat(vs)))
-    return layers
-
-
-def _stop_ids(tokenizer) -> torch.Tensor:
-    ids = {tokenizer.eos_token_id}
-    for tok in ("<|im_end|>", "<|endoftext|>"):
-        tid = tokenizer.convert_tokens_to_ids(tok)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
-            ids.add(tid)
-    return torch.tensor(sorted(i for i in ids if i is not None))
-
-
-def _pick(logits: torch.Tensor, d: Decoding, gen: torch.Generator) -> torch.Tensor:
-    if d.temperature <= 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / d.temperature, dim=-1)  # (B, V)
-    if d.top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < d.top_p
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
-    return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=gen)[:, 0]

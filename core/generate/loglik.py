@@ -4,6 +4,9 @@ Each row runs from its system's prefix (the token run all its rows share, cached
 systems are batched by the length of what follows, so batches carry little padding."""
 from __future__ import annotations
 
+import torch
+from transformers import DynamicCache
+
 from core.generate.generator import _common_prefix
 
 
@@ -31,3 +34,25 @@ def log_likelihood(gen, rows: list) -> list[float]:
             out[i] = float(logp[r, -n - 1:-1].gather(-1, ids[r, -n:, None]).mean())
     return out
 
+
+
+def after_prompt(model, first: torch.Tensor, cache, mask: torch.Tensor, pos: torch.Tensor,
+                 targets: list[list[int]]) -> list[float]:
+    """Mean log-probability of each row's target ids, read off a generation prefill: `first` (b, V) are
+    the logits after each (left-padded) prompt, `cache` its keys/values, `mask` (b, W) and `pos` (b, S)
+    the prefill's. The first target token is scored from `first`; the rest in one pass over the targets
+    (right-padded) on a copy of the cache; the cache stays as the prefill left it, for decoding."""
+    B, n = len(targets), max(len(t) for t in targets)
+    heads = torch.tensor([t[0] for t in targets])
+    first = first.float()
+    total = first.gather(1, heads[:, None])[:, 0] - first.logsumexp(-1)  # (b,)
+    if n > 1:
+        ids, nxt = torch.zeros(B, n - 1, dtype=torch.long), torch.zeros(B, n - 1, dtype=torch.long)
+        own = torch.zeros(B, n - 1, dtype=mask.dtype)
+        for r, t in enumerate(targets):
+            ids[r, :len(t) - 1], nxt[r, :len(t) - 1], own[r, :len(t) - 1] = torch.tensor(t[:-1]), torch.tensor(t[1:]), 1
+        copy = DynamicCache(ddp_cache_data=[(layer.keys, layer.values) for layer in cache.layers])
+        logits = model(input_ids=ids, attention_mask=torch.cat([mask, own], 1), position_ids=pos[:, -1:] + 1 +
+                       torch.arange(n - 1), past_key_values=copy, use_cache=True).logits.float()  # (b, n-1, V)
+        total += ((logits.gather(-1, nxt[..., None])[..., 0] - logits.logsumexp(-1)) * own).sum(1)
+    return (total / torch.tensor([len(t) for t in targets])).tolist()

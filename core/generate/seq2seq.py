@@ -19,7 +19,8 @@ from transformers import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from core.generate.batching import ActiveRows
-from core.generate.generator import Decoding, Generator, System, _pick, _stop_ids
+from core.generate.batching import pick, stop_ids
+from core.generate.generator import Decoding, Generator, System
 
 
 def _groups(systems: list[System], size: int) -> list[list[int]]:
@@ -75,7 +76,7 @@ def _start(gen: Generator) -> int:
 def generate(gen: Generator, batch: list[tuple[System, list[int]]], decoding: Decoding, rng: torch.Generator | None,
              progress: Callable[[int, int], None] | None = None) -> list[list[int]]:
     """Output token ids for every encoded (system, encoder input ids) row, `gen.batch_size` rows at once."""
-    stops, kinds = _stop_ids(gen.tokenizer), gen.token_kinds() if decoding.stop_at_newline else None
+    stops, kinds = stop_ids(gen.tokenizer), gen.token_kinds() if decoding.stop_at_newline else None
     pad = gen.tokenizer.pad_token_id
     out: list[list[int]] = [[] for _ in batch]
     done_rows = 0
@@ -88,7 +89,7 @@ def generate(gen: Generator, batch: list[tuple[System, list[int]]], decoding: De
         while True:
             logits = gen.model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=ids,
                                past_key_values=cache, use_cache=True).logits[:, -1]  # (b, V)
-            rows.take(_pick(logits, decoding, rng), out)
+            rows.take(pick(logits, decoding, rng), out)
             if rows.ended(decoding.max_new_tokens, out).all():
                 break
             ids = torch.where(rows.done, torch.full_like(rows.last, pad), rows.last)[:, None]  # (b, 1)
