@@ -11,12 +11,15 @@ from core.config import ConfigError, with_task_defaults
 from core.model.loading import DEFAULT_MODEL, model_is_seq2seq
 from core.errors import WorkbenchError
 from core.tasks import BUILTIN
-from workbench.config_form import FIELDS, apply_defaults, field_widget
+from workbench.config_form import FIELDS, apply_defaults, field_widget, key
+from workbench.keep import keep_widgets
 from workbench.run_view import STATE_ICONS
 
 ERRORS = "sweep_errors"
 FORM = "sweep_cfg"  # its own widget keys: a task picked here must not set the Tune page's form
-KEPT = ("sweep_model_folder",)  # hidden by another choice (Bundled), kept for when it comes back
+KEPT = ("sweep_model_source", "sweep_model_folder", "sweep_task", "sweep_tokens", "sweep_lrs", "sweep_startup",
+        "sweep_workers", "sweep_storage")  # the page's own input widgets
+FORM_FIELDS = ("method", "prompt_format", "max_steps", "batch_size", "eval_every", "max_input_tokens")
 LABELS = {"num_virtual_tokens": "Prompt lengths", "learning_rate": "Learning rates"}
 
 
@@ -36,9 +39,7 @@ st.title("Sweep prompt length × learning rate")
 st.caption("Every pair of values is a normal run, trained one after another by each worker. Optuna's median "
            "pruner stops a trial whose validation loss is worse than the median of the finished trials at the same "
            "step.")
-for name in KEPT:  # Streamlit drops a widget's value after a run that does not draw it
-    if name in st.session_state:
-        st.session_state[name] = st.session_state[name]
+keep_widgets(KEPT + tuple(key(name, FORM) for name in FORM_FIELDS))  # as the user left them (workbench/keep.py)
 values: dict = {}
 left, right = st.columns(2)
 source = left.radio("Model", ["Bundled", "Local folder"], horizontal=True, key="sweep_model_source",

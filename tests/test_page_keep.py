@@ -66,3 +66,25 @@ def test_compare_choices_are_as_the_user_left_them_after_another_page(home):
     assert not at.exception and at.slider(key="cmp_n").value == 18
     visit_runs_and_return(at, "compare")
     assert (at.selectbox(key="cmp_task").value, at.slider(key="cmp_n").value) == ("summarisation", 18)
+
+
+def test_the_sweep_form_is_as_the_user_left_it_after_another_page(home):
+    at = app()
+    at.switch_page("../pages/sweep.py").run()
+    at.selectbox(key="sweep_task").set_value("translation").run()
+    at.selectbox(key="sweep_cfg_method").set_value("p-tuning").run()
+    at.number_input(key="sweep_cfg_max_steps").set_value(40)
+    at.text_input(key="sweep_tokens").set_value("4, 8")
+    at.text_input(key="sweep_lrs").set_value("0.1")
+    at.number_input(key="sweep_workers").set_value(2)
+    at.radio(key="sweep_model_source").set_value("Local folder").run()
+    at.text_input(key="sweep_model_folder").set_value("/models/mine").run()
+    visit_runs_and_return(at, "sweep")
+    assert at.selectbox(key="sweep_task").value == "translation"
+    assert at.selectbox(key="sweep_cfg_method").value == "p-tuning"
+    assert at.number_input(key="sweep_cfg_max_steps").value == 40
+    assert (at.text_input(key="sweep_tokens").value, at.text_input(key="sweep_lrs").value) == ("4, 8", "0.1")
+    assert at.number_input(key="sweep_workers").value == 2
+    assert (at.radio(key="sweep_model_source").value, at.text_input(key="sweep_model_folder").value) == (
+        "Local folder", "/models/mine")
+    assert "2 trials of 40 steps" in " ".join(c.value for c in at.caption)
