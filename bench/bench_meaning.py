@@ -24,6 +24,7 @@ import torch
 from common import load_model, timed  # noqa: E402 (common puts the repo on sys.path)
 from core.explore.meaning import (project, projection_scores, run_vectors, shorter_prompt_loglik,  # noqa: E402
                                   token_importance, top_k_tokens)
+from core.evaluate.metrics import load_scorers  # noqa: E402
 from core.explore.neighbors import ExactCosine  # noqa: E402
 from core.generate.generator import Generator  # noqa: E402
 from core.model.loading import embedding_matrix  # noqa: E402
@@ -64,6 +65,7 @@ def main() -> None:
     emb = embedding_matrix(lm.model).numpy()
     index = ExactCosine().fit(emb)
     gen = Generator(lm.model, lm.tokenizer, max_input_tokens=run.config().max_input_tokens)
+    gen.token_kinds(), load_scorers()  # as the app's generator comes (workbench/state.py)
     setup = time.perf_counter() - t0
     before = reference_forward(lm.model)
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -85,7 +87,7 @@ def main() -> None:
     slow = [(before + between) / 2 / recorded, (between + after) / 2 / recorded] if recorded else None
     estimate = (t_proj + scores["seconds"]) / slow[0] + imp["seconds"] / slow[1] if slow else None
     load = os.getloadavg()
-    out = {"run": run_id, "virtual_tokens": len(vectors), "examples": a.n, "threads": torch.get_num_threads(),
+    out = {"run": run_id, "virtual_tokens": len(vectors), "examples": imp["examples"], "examples_asked": a.n, "threads": torch.get_num_threads(),
            "load_average_1_5_15": [round(x, 2) for x in load],
            "setup_s (model, index)": round(setup, 2), "projection_s": round(t_proj, 3),
            "scores_s (soft + projected, generate + loglik)": round(scores["seconds"], 2),

@@ -22,6 +22,8 @@ with st.sidebar:
     model = st.selectbox("Model", sorted({r["model"] for r in runs}), key="exp_model")
     ids = [r["id"] for r in runs if r["model"] == model]
     picked = st.multiselect("Runs", ids, default=ids[:1], key="exp_runs", help="One colour per run.")
+    if picked:  # the sidebar's chips cut long run ids short
+        st.caption("Picked: " + ", ".join(f"`{rid}`" for rid in picked))
     steps = {f"{rid} @ {step}": (rid, step) for rid in picked for step, _ in Run.open(rid).checkpoints()}
     chosen = st.multiselect("Checkpoints (drawn as trajectories)", list(steps), key="exp_checkpoints",
                             help="Lines run from the first picked checkpoint to the final adapter, per virtual token.")

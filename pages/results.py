@@ -30,7 +30,8 @@ else:
                    "split (each input in a random format variant), where a soft prompt can fall behind.")
     else:
         st.caption(f"On the shifted test split (each input in a random format variant: line breaks, field names, "
-                   f"casing, spacing, quotes, a preface) the soft prompt is ahead on {table['wins_shifted']} of "
+                   f"casing, spacing, quotes, a preface; the mean of three seeded draws) the soft prompt is ahead on "
+                   f"{table['wins_shifted']} of "
                    f"{len(table['rows'])} tasks. Try your own layouts on Compare with \"also on format variants\".")
         st.markdown(f"**Where the soft prompt does not hold:** {table['losses']}.")
 

@@ -40,12 +40,17 @@ def vocab_index(spec: str):
     return ExactCosine.shared(embedding_matrix(base_model(spec).model).numpy())  # the map's, when it has one
 
 
-@st.cache_resource(show_spinner=False)
+@st.cache_resource(show_spinner="Preparing the generator and the scorers…")
 def generator(spec: str):
-    """One KV-cached generator per model; it keeps soft-prompt prefix caches between comparisons."""
+    """One KV-cached generator per model; it keeps soft-prompt prefix caches between comparisons. Made
+    with what every comparison needs once: the vocabulary's token kinds and the metric libraries."""
+    from core.evaluate.metrics import load_scorers
     from core.generate.generator import Generator
     lm = base_model(spec)
-    return Generator(lm.model, lm.tokenizer)
+    gen = Generator(lm.model, lm.tokenizer)
+    gen.token_kinds()
+    load_scorers()
+    return gen
 
 
 @st.cache_resource(show_spinner="Loading the sentence-embedding model…")

@@ -89,6 +89,13 @@ def _rouge_scorer():
     return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
 
 
+def load_scorers() -> None:
+    """Import the library scorers now (ROUGE pulls in nltk: about 2 s once per process), so that the
+    first comparison a user starts does not wait for them; the app calls it with the model."""
+    _rouge_scorer()
+    import sacrebleu  # noqa: F401
+
+
 def rouge_scores(preds: list[str], refs: list[str]) -> dict[str, list[float]]:
     """ROUGE-1/2/L F-measure per example (rouge-score, Porter stemmer)."""
     preds, refs = _check_pairs(preds, refs)
