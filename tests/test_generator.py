@@ -96,10 +96,17 @@ def test_reference_log_likelihood_matches_the_peft_loss(lm, tiny_model_dir, toke
         assert value == pytest.approx(-loss.item(), abs=1e-4)
 
 
-@pytest.mark.parametrize("kw", [dict(method="prompt-tuning"), dict(method="prefix-tuning")])
-def test_scored_generation_reads_the_log_likelihood_off_the_prefill(lm, tiny_model_dir, tokenizer, tmp_path, kw):
+@pytest.mark.parametrize("kw,one_row_at_a_time", [(dict(method="prompt-tuning"), False),
+                                                  (dict(method="prefix-tuning"), False),
+                                                  (dict(method="prompt-tuning"), True)])
+def test_scored_generation_reads_the_log_likelihood_off_the_prefill(lm, tiny_model_dir, tokenizer, tmp_path, kw,
+                                                                     one_row_at_a_time, monkeypatch):
     """generate_scored gives the outputs generate gives and the log-likelihoods log_likelihood gives,
-    across systems, target lengths and prefills that join a running batch (batch of 4, 9 rows)."""
+    across systems, target lengths and prefills that join a running batch (batch of 4, 9 rows), also
+    when long references make the target pass run a few rows at a time."""
+    if one_row_at_a_time:
+        from core.generate import loglik
+        monkeypatch.setattr(loglik, "LOGITS_AT_ONCE", 1)
     soft = System("s", template="Q: {input}", adapter_dir=save_adapter(tiny_model_dir, tokenizer, tmp_path, **kw))
     pairs = [("Say apple", "apple"), ("Say a longer river", "the river flows on"), ("Hi", "a")]
     rows = [(s, x, t) for s in (soft, System("bare"), System("plain", prompt_format="plain")) for x, t in pairs]

@@ -83,7 +83,7 @@ def vocab_map(spec: str):
     """The model's VocabMap: from memory, else the disk cache, else a fit shown with a progress bar."""
     limit, params = map_settings()
     return built(("map", spec, limit, tuple(sorted(params.items()))),
-                 "Laying out the vocabulary (once per model; cached on disk)…",
+                 "Opening the vocabulary map (laid out once per model, then read from disk)…",
                  lambda report: load_or_fit(map_cache_dir(spec, limit), anchors(spec), **params, progress=report))
 
 

@@ -26,7 +26,8 @@ def vocab_tree(spec: str) -> VocabTree:
         knn = (vmap.knn_indices_[:, 1:], vmap.knn_sims_[:, 1:]) if vmap.params_["n_neighbors"] > k else None
         return load_or_fit(map_cache_dir(spec, limit, "vocab_trees"), anchors(spec), progress=report, knn=knn)
 
-    return built(("tree", spec, limit), "Building the vocabulary tree (once per model; cached on disk)…", build)
+    return built(("tree", spec, limit), "Opening the vocabulary tree (built once per model, about 20 s, then read "
+                 "from disk)…", build)
 
 
 def _segments(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

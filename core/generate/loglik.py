@@ -26,23 +26,27 @@ def log_likelihood(gen, rows: list) -> list[float]:
         idx = order[b:b + gen.batch_size]
         parts = [(gen.prefix(rows[i][0], tuple(seqs[i][:cut[i]])), seqs[i][cut[i]:]) for i in idx]
         ids, mask, pos, cache = gen._batch_inputs(parts)
-        logp = gen.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                          use_cache=False, logits_to_keep=max(targets[i] for i in idx) + 1  # targets only
-                          ).logits.float().log_softmax(-1)  # (B, max target + 1, V)
-        for r, i in enumerate(idx):
+        logits = gen.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                           use_cache=False, logits_to_keep=max(targets[i] for i in idx) + 1  # targets only
+                           ).logits  # (B, max target + 1, V)
+        for r, i in enumerate(idx):  # row by row: no second (B, T, V) tensor for the log-softmax
             n = targets[i]  # the last n tokens are the target, each predicted from the position before it
-            out[i] = float(logp[r, -n - 1:-1].gather(-1, ids[r, -n:, None]).mean())
+            row = logits[r, -n - 1:-1].float()  # (n, V)
+            out[i] = float((row.gather(-1, ids[r, -n:, None])[:, 0] - row.logsumexp(-1)).mean())
     return out
 
+
+
+LOGITS_AT_ONCE = 2 ** 25  # floats of target logits in one pass (128 MB): a long reference runs a few rows at a time
 
 
 def after_prompt(model, first: torch.Tensor, cache, mask: torch.Tensor, pos: torch.Tensor,
                  targets: list[list[int]]) -> list[float]:
     """Mean log-probability of each row's target ids, read off a generation prefill: `first` (b, V) are
     the logits after each (left-padded) prompt, `cache` its keys/values, `mask` (b, W) and `pos` (b, S)
-    the prefill's. The first target token is scored from `first`; the rest in one pass over the targets
-    (right-padded) on a copy of the cache; the cache stays as the prefill left it, for decoding."""
-    B, n = len(targets), max(len(t) for t in targets)
+    the prefill's. The first target token is scored from `first`; the rest in passes over the targets
+    (right-padded) on copies of the cache's rows; the cache stays as the prefill left it, for decoding."""
+    (B, V), n = first.shape, max(len(t) for t in targets)
     heads = torch.tensor([t[0] for t in targets])
     first = first.float()
     total = first.gather(1, heads[:, None])[:, 0] - first.logsumexp(-1)  # (b,)
@@ -51,8 +55,12 @@ def after_prompt(model, first: torch.Tensor, cache, mask: torch.Tensor, pos: tor
         own = torch.zeros(B, n - 1, dtype=mask.dtype)
         for r, t in enumerate(targets):
             ids[r, :len(t) - 1], nxt[r, :len(t) - 1], own[r, :len(t) - 1] = torch.tensor(t[:-1]), torch.tensor(t[1:]), 1
-        copy = DynamicCache(ddp_cache_data=[(layer.keys, layer.values) for layer in cache.layers])
-        logits = model(input_ids=ids, attention_mask=torch.cat([mask, own], 1), position_ids=pos[:, -1:] + 1 +
-                       torch.arange(n - 1), past_key_values=copy, use_cache=True).logits.float()  # (b, n-1, V)
-        total += ((logits.gather(-1, nxt[..., None])[..., 0] - logits.logsumexp(-1)) * own).sum(1)
+        step = max(1, LOGITS_AT_ONCE // ((n - 1) * V))
+        for a in range(0, B, step):
+            rows = slice(a, a + step)
+            copy = DynamicCache(ddp_cache_data=[(layer.keys[rows], layer.values[rows]) for layer in cache.layers])
+            logits = model(input_ids=ids[rows], attention_mask=torch.cat([mask[rows], own[rows]], 1),
+                           position_ids=pos[rows, -1:] + 1 + torch.arange(n - 1), past_key_values=copy,
+                           use_cache=True).logits.float()  # (rows, n-1, V)
+            total[rows] += ((logits.gather(-1, nxt[rows, :, None])[..., 0] - logits.logsumexp(-1)) * own[rows]).sum(1)
     return (total / torch.tensor([len(t) for t in targets])).tolist()
