@@ -107,6 +107,7 @@ def test_scored_generation_reads_the_log_likelihood_off_the_prefill(lm, tiny_mod
     if one_row_at_a_time:
         from core.generate import loglik
         monkeypatch.setattr(loglik, "LOGITS_AT_ONCE", 1)
+        monkeypatch.setattr(loglik, "CACHE_AT_ONCE", 1)
     soft = System("s", template="Q: {input}", adapter_dir=save_adapter(tiny_model_dir, tokenizer, tmp_path, **kw))
     pairs = [("Say apple", "apple"), ("Say a longer river", "the river flows on"), ("Hi", "a")]
     rows = [(s, x, t) for s in (soft, System("bare"), System("plain", prompt_format="plain")) for x, t in pairs]

@@ -38,6 +38,7 @@ def log_likelihood(gen, rows: list) -> list[float]:
 
 
 LOGITS_AT_ONCE = 2 ** 25  # floats of target logits in one pass (128 MB): a long reference runs a few rows at a time
+CACHE_AT_ONCE = 2 ** 25  # floats of the prompts' keys/values copied for one pass: long (few-shot) prompts, fewer rows
 
 
 def after_prompt(model, first: torch.Tensor, cache, mask: torch.Tensor, pos: torch.Tensor,
@@ -45,7 +46,8 @@ def after_prompt(model, first: torch.Tensor, cache, mask: torch.Tensor, pos: tor
     """Mean log-probability of each row's target ids, read off a generation prefill: `first` (b, V) are
     the logits after each (left-padded) prompt, `cache` its keys/values, `mask` (b, W) and `pos` (b, S)
     the prefill's. The first target token is scored from `first`; the rest in passes over the targets
-    (right-padded) on copies of the cache's rows; the cache stays as the prefill left it, for decoding."""
+    (right-padded) on copies of a few of the cache's rows at a time (a pass appends to the cache it is
+    given); the cache stays as the prefill left it, for decoding."""
     (B, V), n = first.shape, max(len(t) for t in targets)
     heads = torch.tensor([t[0] for t in targets])
     first = first.float()
@@ -55,7 +57,8 @@ def after_prompt(model, first: torch.Tensor, cache, mask: torch.Tensor, pos: tor
         own = torch.zeros(B, n - 1, dtype=mask.dtype)
         for r, t in enumerate(targets):
             ids[r, :len(t) - 1], nxt[r, :len(t) - 1], own[r, :len(t) - 1] = torch.tensor(t[:-1]), torch.tensor(t[1:]), 1
-        step = max(1, LOGITS_AT_ONCE // ((n - 1) * V))
+        per_row = sum(layer.keys[0].numel() + layer.values[0].numel() for layer in cache.layers)
+        step = max(1, min(LOGITS_AT_ONCE // ((n - 1) * V), CACHE_AT_ONCE // max(per_row, 1)))
         for a in range(0, B, step):
             rows = slice(a, a + step)
             copy = DynamicCache(ddp_cache_data=[(layer.keys[rows], layer.values[rows]) for layer in cache.layers])
