@@ -65,7 +65,8 @@ def main() -> None:
     emb = embedding_matrix(lm.model).numpy()
     index = ExactCosine().fit(emb)
     gen = Generator(lm.model, lm.tokenizer, max_input_tokens=run.config().max_input_tokens)
-    gen.token_kinds(), load_scorers()  # as the app's generator comes (workbench/state.py)
+    gen.token_kinds()  # as the app's generator comes (workbench/state.py)
+    load_scorers()
     setup = time.perf_counter() - t0
     before = reference_forward(lm.model)
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -87,7 +88,8 @@ def main() -> None:
     slow = [(before + between) / 2 / recorded, (between + after) / 2 / recorded] if recorded else None
     estimate = (t_proj + scores["seconds"]) / slow[0] + imp["seconds"] / slow[1] if slow else None
     load = os.getloadavg()
-    out = {"run": run_id, "virtual_tokens": len(vectors), "examples": imp["examples"], "examples_asked": a.n, "threads": torch.get_num_threads(),
+    out = {"run": run_id, "virtual_tokens": len(vectors), "examples": imp["examples"], "examples_asked": a.n,
+           "threads": torch.get_num_threads(),
            "load_average_1_5_15": [round(x, 2) for x in load],
            "setup_s (model, index)": round(setup, 2), "projection_s": round(t_proj, 3),
            "scores_s (soft + projected, generate + loglik)": round(scores["seconds"], 2),

@@ -18,24 +18,23 @@ def visit_runs_and_return(at: AppTest, page: str) -> None:
     assert not at.exception, at.exception
 
 
+def left_as_set_after_another_page(at: AppTest, page: str, widgets: list[tuple[str, str, object]]) -> None:
+    """Set each (widget kind, key, value) in order on `page`, visit another page and come back: every
+    widget holds what was set."""
+    at.switch_page(f"../pages/{page}.py").run()
+    for kind, key, value in widgets:
+        getattr(at, kind)(key=key).set_value(value).run()
+    visit_runs_and_return(at, page)
+    assert [getattr(at, kind)(key=key).value for kind, key, _ in widgets] == [value for _, _, value in widgets]
+
+
 def test_the_tune_form_is_as_the_user_left_it_after_another_page(home, tmp_path):
     at = app()
-    at.switch_page("../pages/tune.py").run()
-    at.selectbox(key="cfg_task").set_value("qa").run()
-    at.selectbox(key="cfg_method").set_value("p-tuning").run()
-    at.number_input(key="cfg_max_steps").set_value(77)
-    at.text_input(key="cfg_learning_rate").set_value("0.005")
-    at.number_input(key="cfg_encoder_hidden_size").set_value(64)
-    at.radio(key="model_source").set_value("Local folder").run()
-    at.text_input(key="model_folder").set_value("/models/mine").run()
-    visit_runs_and_return(at, "tune")
-    assert at.selectbox(key="cfg_task").value == "qa"
-    assert at.selectbox(key="cfg_method").value == "p-tuning"
-    assert at.number_input(key="cfg_max_steps").value == 77
-    assert at.text_input(key="cfg_learning_rate").value == "0.005"
-    assert at.number_input(key="cfg_encoder_hidden_size").value == 64
-    assert (at.radio(key="model_source").value, at.text_input(key="model_folder").value) == (
-        "Local folder", "/models/mine")
+    left_as_set_after_another_page(at, "tune", [
+        ("selectbox", "cfg_task", "qa"), ("selectbox", "cfg_method", "p-tuning"),
+        ("number_input", "cfg_max_steps", 77), ("text_input", "cfg_learning_rate", "0.005"),
+        ("number_input", "cfg_encoder_hidden_size", 64), ("radio", "model_source", "Local folder"),
+        ("text_input", "model_folder", "/models/mine")])
     at.radio(key="data_kind").set_value("My file").run()  # the data file and its column choice too
     at.file_uploader(key="upload").upload("qa.csv", b"question,answer,note\nWhat?,this,x\nWho?,me,y\n").run()
     at.selectbox(key="cfg_target_column").set_value("note").run()
@@ -70,21 +69,9 @@ def test_compare_choices_are_as_the_user_left_them_after_another_page(home):
 
 def test_the_sweep_form_is_as_the_user_left_it_after_another_page(home):
     at = app()
-    at.switch_page("../pages/sweep.py").run()
-    at.selectbox(key="sweep_task").set_value("translation").run()
-    at.selectbox(key="sweep_cfg_method").set_value("p-tuning").run()
-    at.number_input(key="sweep_cfg_max_steps").set_value(40)
-    at.text_input(key="sweep_tokens").set_value("4, 8")
-    at.text_input(key="sweep_lrs").set_value("0.1")
-    at.number_input(key="sweep_workers").set_value(2)
-    at.radio(key="sweep_model_source").set_value("Local folder").run()
-    at.text_input(key="sweep_model_folder").set_value("/models/mine").run()
-    visit_runs_and_return(at, "sweep")
-    assert at.selectbox(key="sweep_task").value == "translation"
-    assert at.selectbox(key="sweep_cfg_method").value == "p-tuning"
-    assert at.number_input(key="sweep_cfg_max_steps").value == 40
-    assert (at.text_input(key="sweep_tokens").value, at.text_input(key="sweep_lrs").value) == ("4, 8", "0.1")
-    assert at.number_input(key="sweep_workers").value == 2
-    assert (at.radio(key="sweep_model_source").value, at.text_input(key="sweep_model_folder").value) == (
-        "Local folder", "/models/mine")
+    left_as_set_after_another_page(at, "sweep", [
+        ("selectbox", "sweep_task", "translation"), ("selectbox", "sweep_cfg_method", "p-tuning"),
+        ("number_input", "sweep_cfg_max_steps", 40), ("text_input", "sweep_tokens", "4, 8"),
+        ("text_input", "sweep_lrs", "0.1"), ("number_input", "sweep_workers", 2),
+        ("radio", "sweep_model_source", "Local folder"), ("text_input", "sweep_model_folder", "/models/mine")])
     assert "2 trials of 40 steps" in " ".join(c.value for c in at.caption)

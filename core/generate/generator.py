@@ -148,8 +148,7 @@ class Generator:
         if self.seq2seq:
             return self.generate([r[:2] for r in rows], decoding, progress), self.log_likelihood(rows)
         targets = [self.formatter(s).target_ids(t) for s, _, t in rows]
-        outs, lls = self._generate([r[:2] for r in rows], decoding, progress, targets)
-        return outs, lls
+        return self._generate([r[:2] for r in rows], decoding, progress, targets)
 
     @on_model_device
     def _generate(self, rows, decoding, progress, targets=None) -> tuple[list[str], list[float] | None]:
@@ -164,14 +163,15 @@ class Generator:
             run = functools.partial(run, scored=([targets[i] for i in order], lls))
         tokens = run([encoded[i] for i in order], decoding, torch.Generator(self.model.device).manual_seed(decoding.seed),
                      progress)
-        if lls is not None:
-            lls = _unsort(lls, order)
         outs: list[str] = [""] * len(rows)
-        for i, toks in zip(order, tokens):
+        scores = None if lls is None else [0.0] * len(rows)
+        for k, (i, toks) in enumerate(zip(order, tokens)):  # back in row order
             text = self.formatter(rows[i][0]).clean_output(self.tokenizer.decode(toks))
             outs[i] = text.split("\n")[0].strip() if decoding.stop_at_newline else text
+            if scores is not None:
+                scores[i] = lls[k]
         release_freed()  # the batches' activations and caches, back to the system (core/model/memory.py)
-        return outs, lls
+        return outs, scores
 
     def _split(self, batch: list[tuple[System, list[int]]], own: list[int] | None = None):
         """Per row: the prefix cache of its system's common token run, and the row's own tokens
@@ -231,8 +231,10 @@ class Generator:
                     progress(finished, len(batch))
         return out
 
-    def _prefill(self, parts, rows: torch.Tensor, ends: tuple, decoding: Decoding, gen, out, scored=None) -> ActiveRows:
-        """The rows' prompts through the model at once; their first tokens picked. `ends`: stop ids, token kinds."""
+    def _prefill(self, parts, rows: torch.Tensor, ends: tuple, decoding: Decoding, gen, out,
+                 scored=None) -> ActiveRows:
+        """The rows' prompts through the model at once; their first tokens picked. `ends`: stop ids, token kinds;
+        `scored` as in _generate_batch."""
         ids, mask, pos, cache = self._batch_inputs(parts)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                             use_cache=True, logits_to_keep=1).logits[:, -1]  # (b, V)
@@ -264,14 +266,6 @@ class Generator:
         out = (seq2seq if self.seq2seq else loglik).log_likelihood(self, rows)
         release_freed()
         return out
-
-
-def _unsort(values: list, order: list[int]) -> list:
-    """values[k] belongs to row order[k]: back in row order."""
-    out = [None] * len(values)
-    for k, i in enumerate(order):
-        out[i] = values[k]
-    return out
 
 
 def _layers(cache) -> KV:

@@ -10,6 +10,12 @@ from transformers import DynamicCache
 from core.generate.generator import _common_prefix
 
 
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[ids] along the last axis, without a second logits-sized tensor: (...)."""
+    logits = logits.float()
+    return logits.gather(-1, ids[..., None])[..., 0] - logits.logsumexp(-1)
+
+
 def log_likelihood(gen, rows: list) -> list[float]:
     """Mean log-probability per token of each reference (target + end marker) under each system;
     `gen` is the Generator (runs under its no-grad, model-device wrapper)."""
@@ -31,10 +37,8 @@ def log_likelihood(gen, rows: list) -> list[float]:
                            ).logits  # (B, max target + 1, V)
         for r, i in enumerate(idx):  # row by row: no second (B, T, V) tensor for the log-softmax
             n = targets[i]  # the last n tokens are the target, each predicted from the position before it
-            row = logits[r, -n - 1:-1].float()  # (n, V)
-            out[i] = float((row.gather(-1, ids[r, -n:, None])[:, 0] - row.logsumexp(-1)).mean())
+            out[i] = float(token_logprobs(logits[r, -n - 1:-1], ids[r, -n:]).mean())
     return out
-
 
 
 LOGITS_AT_ONCE = 2 ** 25  # floats of target logits in one pass (128 MB): a long reference runs a few rows at a time
@@ -49,9 +53,7 @@ def after_prompt(model, first: torch.Tensor, cache, mask: torch.Tensor, pos: tor
     (right-padded) on copies of a few of the cache's rows at a time (a pass appends to the cache it is
     given); the cache stays as the prefill left it, for decoding."""
     (B, V), n = first.shape, max(len(t) for t in targets)
-    heads = torch.tensor([t[0] for t in targets])
-    first = first.float()
-    total = first.gather(1, heads[:, None])[:, 0] - first.logsumexp(-1)  # (b,)
+    total = token_logprobs(first, torch.tensor([t[0] for t in targets]))  # (b,)
     if n > 1:
         ids, nxt = torch.zeros(B, n - 1, dtype=torch.long), torch.zeros(B, n - 1, dtype=torch.long)
         own = torch.zeros(B, n - 1, dtype=mask.dtype)
@@ -64,6 +66,6 @@ def after_prompt(model, first: torch.Tensor, cache, mask: torch.Tensor, pos: tor
             copy = DynamicCache(ddp_cache_data=[(layer.keys[rows], layer.values[rows]) for layer in cache.layers])
             logits = model(input_ids=ids[rows], attention_mask=torch.cat([mask[rows], own[rows]], 1),
                            position_ids=pos[rows, -1:] + 1 + torch.arange(n - 1), past_key_values=copy,
-                           use_cache=True).logits.float()  # (rows, n-1, V)
-            total[rows] += ((logits.gather(-1, nxt[rows, :, None])[..., 0] - logits.logsumexp(-1)) * own[rows]).sum(1)
+                           use_cache=True).logits  # (rows, n-1, V)
+            total[rows] += (token_logprobs(logits, nxt[rows]) * own[rows]).sum(1)
     return (total / torch.tensor([len(t) for t in targets])).tolist()

@@ -18,8 +18,7 @@ import torch
 from transformers import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
-from core.generate.batching import ActiveRows
-from core.generate.batching import pick, stop_ids
+from core.generate.batching import ActiveRows, pick, stop_ids
 from core.generate.generator import Decoding, Generator, System
 
 
