@@ -2,6 +2,8 @@
 virtual token's importance (replaced by the vocabulary mean), on the first 32 validation examples.
 
 Target: projection score + importance of a 20-token prompt on 32 examples <= 30 s on 2 cores.
+The scores are float32 (bitwise Compare's, through reordered weights); the importance pass runs in the
+page's default precision (bf16 matmuls where the CPU has them) unless --precision fp32.
 Uses the newest finished run of a task in WORKBENCH_HOME (default task: sentiment).
 Writes bench-results/meaning.json.
 
@@ -22,8 +24,8 @@ from pathlib import Path
 import torch
 
 from common import load_model, timed  # noqa: E402 (common puts the repo on sys.path)
-from core.explore.meaning import (project, projection_scores, run_vectors, shorter_prompt_loglik,  # noqa: E402
-                                  token_importance, top_k_tokens)
+from core.explore.meaning import (PRECISIONS, default_precision, project, projection_scores,  # noqa: E402
+                                  run_vectors, shorter_prompt_loglik, token_importance, top_k_tokens)
 from core.evaluate.metrics import load_scorers  # noqa: E402
 from core.explore.neighbors import ExactCosine  # noqa: E402
 from core.generate.generator import Generator  # noqa: E402
@@ -44,12 +46,19 @@ def reference_forward(model, reps: int = 2) -> float:
     return timed(forward, reps=reps, warmup=0)
 
 
+def _hwm_gib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2 ** 20
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--task", default="sentiment")
     p.add_argument("--run", help="a run id (default: the task's newest finished run)")
     p.add_argument("-n", type=int, default=32)
     p.add_argument("--remove", action="store_true", help="also measure removal (twice the passes)")
+    p.add_argument("--precision", choices=PRECISIONS, default=default_precision(),
+                   help="of the importance pass (default: the page's, bf16 where the CPU has it)")
     a = p.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     run_id = a.run or (newest_finished(list_runs(), "smollm2-135m-instruct", a.task) or [None])[0]
@@ -75,10 +84,10 @@ def main() -> None:
     scores = projection_scores(gen, run_id, proj, a.n)
     between = reference_forward(lm.model)
     imp = token_importance(gen, run_id, vectors, index.mean_, a.n, ("mean", "remove") if a.remove else ("mean",),
-                           base=scores["soft_loglik"])
+                           base=scores["soft_loglik"], precision=a.precision)
     keep = top_k_tokens(imp["mean"], max(1, len(vectors) // 2))
     t0 = time.perf_counter()
-    short = shorter_prompt_loglik(gen, run_id, vectors, keep, a.n)
+    short = shorter_prompt_loglik(gen, run_id, vectors, keep, a.n, imp["precision"])
     t_short = time.perf_counter() - t0
     total, cpu = t_proj + scores["seconds"] + imp["seconds"], time.process_time() - cpu0
     after = reference_forward(lm.model)
@@ -93,12 +102,12 @@ def main() -> None:
            "load_average_1_5_15": [round(x, 2) for x in load],
            "setup_s (model, index)": round(setup, 2), "projection_s": round(t_proj, 3),
            "scores_s (soft + projected, generate + loglik)": round(scores["seconds"], 2),
-           "importance_s": round(imp["seconds"], 2), "total_s": round(total, 2), "target_s": 30,
+           "importance_s": round(imp["seconds"], 2), "importance_precision": imp["precision"], "total_s": round(total, 2), "target_s": 30,
            "process_cpu_s (all threads, whole measurement)": round(cpu, 1),
            "reference_forward_s (before, between, after)": [round(x, 3) for x in (before, between, after)],
            "recorded_forward_s": recorded, "slowdown (scores, importance)": [round(x, 1) for x in slow or []],
            "total_s_at_recorded_speed (estimate)": round(estimate, 1) if estimate else None,
-           "shorter_prompt_s": round(t_short, 2),
+           "shorter_prompt_s": round(t_short, 2), "peak_rss_gib (process, VmHWM)": round(_hwm_gib(), 2),
            "metric": scores["metric"], "soft": scores["soft"], "projected": scores["projected"], "gap": scores["gap"],
            "soft_loglik": scores["soft_loglik"], "projected_loglik": scores["projected_loglik"],
            "projected_text": proj.text, "distance": proj.distance,

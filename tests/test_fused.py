@@ -152,3 +152,19 @@ def test_cross_entropy_and_its_gradient_left_in_the_logits_match_autograd(impl):
 def test_cross_entropy_refuses_a_target_outside_the_vocabulary():
     with pytest.raises(IndexError, match=r"\[0, 10\)"):
         fused.cross_entropy_(torch.randn(2, 10), torch.tensor([3, 10]), grad=True)
+
+
+def test_bf16_widening_and_swiglu_match_pytorch_bit_for_bit(impl):
+    """The bf16 matmul path of core/model/packed.py: widening is exact; SwiGLU on a joined gate|up
+    output rounds to bf16 as PyTorch's own conversion does (NaN stays NaN)."""
+    torch.manual_seed(0)
+    gu = (torch.randn(6, 2 * 40) * 4).to(torch.bfloat16)
+    gu[0, 3] = float("nan")
+    assert torch.equal(fused.widen(gu), gu.float()) is False  # NaN != NaN: compare the bits instead
+    assert torch.equal(fused.widen(gu).view(torch.int32), gu.float().view(torch.int32))
+    g, u = gu.float().chunk(2, -1)
+    ref = (F.silu(g) * u).to(torch.bfloat16)
+    got = fused.swiglu_bf16(gu)
+    assert got.dtype == torch.bfloat16 and got.shape == (6, 40)
+    assert torch.isnan(got[0, 3]) and torch.equal(torch.nan_to_num(got.float()), torch.nan_to_num(ref.float()))
+    assert fused.swiglu_bf16(gu.view(2, 3, 80)).shape == (2, 3, 40)  # leading dims kept

@@ -64,7 +64,7 @@ def test_importance_per_token_and_the_shorter_prompt(trained):
     _, vectors = meaning.run_vectors("pt")
     vectors = vectors.copy()
     vectors[2] = index.mean_  # this token already is the mean: replacing it changes nothing
-    imp = meaning.token_importance(gen, "pt", vectors, index.mean_, N, ("mean", "remove"))
+    imp = meaning.token_importance(gen, "pt", vectors, index.mean_, N, ("mean", "remove"), precision="fp32")
     assert imp["mean"].shape == imp["remove"].shape == (4,)
     assert imp["mean"][2] == pytest.approx(0.0, abs=1e-5)
     assert np.abs(np.delete(imp["mean"], 2)).max() > 1e-4  # the other tokens do change the likelihood
@@ -81,15 +81,33 @@ def test_importance_per_token_and_the_shorter_prompt(trained):
 def test_the_soft_prompt_in_memory_scores_as_its_adapter(trained):
     lm, emb, index, gen = trained
     _, vectors = meaning.run_vectors("pt")
-    imp = meaning.token_importance(gen, "pt", vectors, index.mean_, N)
+    imp = meaning.token_importance(gen, "pt", vectors, index.mean_, N, precision="fp32")
     _, rows = meaning.validation_rows(meaning.Run.open("pt"), N)
     from_file = gen.log_likelihood([(run_system("pt"), x["input"], x["target"]) for x in rows])
     assert imp["base"] == pytest.approx(float(np.mean(from_file)), abs=1e-5)
     # the soft prompt's log-likelihood from the projection's scores serves as the importance base
     scores = meaning.projection_scores(gen, "pt", meaning.project(vectors, index, emb, lm.tokenizer), N)
     assert scores["soft_loglik"] == pytest.approx(imp["base"], abs=1e-5)
-    reused = meaning.token_importance(gen, "pt", vectors, index.mean_, N, base=scores["soft_loglik"])
+    reused = meaning.token_importance(gen, "pt", vectors, index.mean_, N, base=scores["soft_loglik"], precision="fp32")
     assert reused["mean"] == pytest.approx(imp["mean"], abs=1e-5)
+
+
+def test_bf16_importance_ranks_the_tokens_as_float32_does(trained):
+    """The default where the CPU has bf16: the same drops within bf16's error, base measured alongside."""
+    if meaning.default_precision() != "bf16":
+        pytest.skip("this CPU has no native bfloat16: the importance pass is float32 there")
+    lm, emb, index, gen = trained
+    _, vectors = meaning.run_vectors("pt")
+    exact = meaning.token_importance(gen, "pt", vectors, index.mean_, N, precision="fp32")
+    fast = meaning.token_importance(gen, "pt", vectors, index.mean_, N, base=exact["base"])
+    assert fast["precision"] == "bf16" and exact["precision"] == "fp32"
+    assert fast["base"] != exact["base"]  # measured in bf16 itself, not the float32 one passed in
+    assert fast["base"] == pytest.approx(exact["base"], abs=0.02 * abs(exact["base"]))
+    spread = np.abs(exact["mean"]).max()
+    assert np.abs(fast["mean"] - exact["mean"]).max() < 0.1 * spread
+    assert int(np.argmax(fast["mean"])) == int(np.argmax(exact["mean"]))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        meaning.token_importance(gen, "pt", vectors, index.mean_, N, precision="fp16")
 
 
 def test_prefix_tuning_has_no_projection(home, tiny_model_dir, toy_data):

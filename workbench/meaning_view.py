@@ -8,23 +8,27 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.errors import WorkbenchError
-from core.explore.meaning import (PREFIX_NOTE, importance_table, project, projected_system, projection_scores,
-                                  run_vectors, shorter_prompt_loglik, similarity_frames, token_importance,
+from core.explore.meaning import (PREFIX_NOTE, default_precision, importance_table, project, projected_system,
+                                  projection_scores, run_vectors, shorter_prompt_loglik, similarity_frames, token_importance,
                                   top_k_tokens)
 from core.explore.neighbors import nearest_tokens
 from core.model.loading import embedding_matrix
 from workbench.state import base_model, generator, vocab_index
 
-RESULTS_KEY = "meaning_results"  # session state: (run, n, modes) -> scores and importance
+RESULTS_KEY = "meaning_results"  # session state: (run, n, modes, precision) -> scores and importance
 PROJECTED_HELP = ("Each picked run's virtual tokens replaced by their nearest vocabulary tokens, run as a hard prompt "
                   "in the run's own format (Explore > Meaning): does the prompt mean what its nearest words say? "
                   "Off by default: one more system to generate per run.")
+EXACT_HELP = ("Off: the importance pass multiplies in bfloat16 (float32 sums; norms, attention and the residual "
+              "stream stay float32), about 1.5x faster on this CPU; the drops then differ from float32's by up to "
+              "0.004 on paraphrase, 0.007 on sentiment (docs/performance.md). The scores above are always float32, as on Compare. "
+              "Greyed out where the CPU has no native bfloat16: the pass is float32 there.")
 WAYWARD_HELP = ("Khashabi et al. 2022 ('Prompt Waywardness'): a soft prompt can keep its score while its nearest "
                 "tokens say something unrelated. A large gap means the words below are not what the prompt does.")
 
 
-def _key(run_id: str, n: int, modes: tuple, vectors: np.ndarray) -> tuple:
-    return run_id, n, modes, hash(vectors.tobytes())
+def _key(run_id: str, n: int, modes: tuple, precision: str, vectors: np.ndarray) -> tuple:
+    return run_id, n, modes, precision, hash(vectors.tobytes())
 
 
 def projection_of(model: str, vectors: np.ndarray):
@@ -44,16 +48,16 @@ def projected_systems(model: str, run_ids: list[str]) -> list:
     return out
 
 
-def _measure(model: str, run_id: str, vectors: np.ndarray, projection, n: int, modes: tuple) -> dict:
+def _measure(model: str, run_id: str, vectors: np.ndarray, projection, n: int, modes: tuple, precision: str) -> dict:
     """Scores and importance of one run, kept for the session (they take seconds to tens of seconds)."""
     store = st.session_state.setdefault(RESULTS_KEY, {})
-    key = _key(run_id, n, modes, vectors)
+    key = _key(run_id, n, modes, precision, vectors)
     if key not in store:
         gen, mean = generator(model), vocab_index(model).mean_
         with st.spinner(f"Generating with the soft and the projected prompt on {n} validation examples…"):
             scores = projection_scores(gen, run_id, projection, n)
         with st.spinner(f"Measuring {len(vectors)} virtual tokens' importance ({', '.join(modes)})…"):
-            importance = token_importance(gen, run_id, vectors, mean, n, modes, base=scores["soft_loglik"])
+            importance = token_importance(gen, run_id, vectors, mean, n, modes, scores["soft_loglik"], precision)
         store[key] = {"scores": scores, "importance": importance, "shorter": {}}
     return store[key]
 
@@ -79,19 +83,22 @@ def run_meaning(model: str, run_id: str, vectors: np.ndarray) -> None:
     c2.metric("Distance to the projection", f"{projection.distance:.2f}",
               help="Mean over virtual tokens of |prompt vector - nearest token's embedding| / |prompt vector| "
                    "(raw embeddings): 0 when the prompt is made of vocabulary tokens.")
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
     n = c1.number_input("Validation examples", 1, 512, 32, key="mean_n")
     removal = c2.checkbox("Also measure removal", key="mean_remove",
                           help="Besides replacing each token by the vocabulary's mean embedding, drop it from the "
                                "prompt (twice the passes).")
     modes = ("mean", "remove") if removal else ("mean",)
-    if not c3.button("Score and measure", type="primary", key="mean_go") and \
-            _key(run_id, int(n), modes, vectors) not in st.session_state.get(RESULTS_KEY, {}):
+    fast = default_precision() == "bf16"
+    exact = c3.checkbox("Exact (float32) importance", not fast, key="mean_exact", disabled=not fast, help=EXACT_HELP)
+    precision = "fp32" if exact else "bf16"
+    if not c4.button("Score and measure", type="primary", key="mean_go") and \
+            _key(run_id, int(n), modes, precision, vectors) not in st.session_state.get(RESULTS_KEY, {}):
         st.caption("Scores the soft and the projected prompt on the task's metric and measures each token's "
-                   "importance (20 tokens on 32 examples: about 16 s on 2 idle cores, estimated, docs/performance.md).")
+                   "importance (20 tokens on 32 paraphrase examples: 34 s on 2 cores, 47 s exact; docs/performance.md).")
         return
     try:
-        found = _measure(model, run_id, vectors, projection, int(n), modes)
+        found = _measure(model, run_id, vectors, projection, int(n), modes, precision)
     except WorkbenchError as e:
         st.error(str(e))
         return
@@ -102,7 +109,8 @@ def run_meaning(model: str, run_id: str, vectors: np.ndarray) -> None:
     c3.metric("Waywardness gap (soft - projected)", f"{s['gap']:+.3f}", help=WAYWARD_HELP)
     st.caption(f"Reference log-likelihood per token: soft {s['soft_loglik']:.3f}, projected "
                f"{s['projected_loglik']:.3f}. Measured in {s['seconds'] + imp['seconds']:.1f} s on "
-               f"{imp['examples']} validation examples.")
+               f"{imp['examples']} validation examples (importance in "
+               f"{'bfloat16 matmuls' if imp['precision'] == 'bf16' else 'float32'}).")
     frame = importance_table(imp, projection, near)
     column = [c for c in frame.columns if c.startswith("log-lik drop")][0]
     st.plotly_chart(importance_figure(frame, column), key="mean_importance")
@@ -113,7 +121,8 @@ def run_meaning(model: str, run_id: str, vectors: np.ndarray) -> None:
                   key="mean_k")
     keep = top_k_tokens(imp["mean"], k)
     if k not in found["shorter"]:
-        found["shorter"][k] = shorter_prompt_loglik(generator(model), run_id, vectors, keep, imp["examples"])
+        found["shorter"][k] = shorter_prompt_loglik(generator(model), run_id, vectors, keep, imp["examples"],
+                                                    imp["precision"])
     st.write(f"Keeping tokens {keep}: reference log-likelihood {found['shorter'][k]:.3f} "
              f"(full prompt {imp['base']:.3f}).")
 

@@ -16,6 +16,7 @@ Encoder-decoder models (T5) take the same calls; core/generate/seq2seq.py serves
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -30,6 +31,7 @@ from core.generate.formatting import Formatter
 from core.store.paths import read_json
 from core.model.adapters import adapter_prompt, check_adapter_fits
 from core.model.memory import release_freed
+from core.model.packed import packed_weights
 from core.model.loading import is_seq2seq
 from core.model.device import on_model_device
 
@@ -134,6 +136,20 @@ class Generator:
     def forget_memory_prompts(self) -> None:
         """Drop the prefix caches of in-memory prompts (System.vectors): probes, each used once."""
         self._prefix = {k: v for k, v in self._prefix.items() if not str(k[0]).startswith("mem:")}
+
+    @contextlib.contextmanager
+    def in_precision(self, dtype: torch.dtype):
+        """Inside the block the model's matmuls run through weights reordered once, in `dtype`
+        (core/model/packed.py); bf16 prefix caches computed there are dropped at its end, never served to a
+        later float32 pass. Yields the dtype in
+        use (float32 where bf16 was asked on a CPU without it; None where nothing changed)."""
+        kept, used = set(self._prefix), None
+        try:
+            with packed_weights(self.model, dtype) as used:
+                yield used
+        finally:
+            if used not in (None, torch.float32):  # float32 through the packed weights: bitwise the same
+                self._prefix = {k: v for k, v in self._prefix.items() if k in kept}
 
     # ---- generation ---------------------------------------------------------------------
     def generate(self, rows: list[tuple[System, str]], decoding: Decoding = Decoding(),

@@ -45,7 +45,8 @@ _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _SIGNATURES = {"rms_fwd": [_P, _P, _P, _P, _I, _I, _F], "rms_bwd": [_P] * 6 + [_I, _I],
                "rope": [_P, _I, _I, _P, _I, _I, _P, _P, _I, _I, _I, ctypes.c_int],
                "swiglu_fwd": [_P, _P, _I, _P, _I, _I], "swiglu_bwd": [_P, _P, _P, _I, _P, _P, _I, _I, _I],
-               "xent": [_P, _P, _P, _I, _I, _F, ctypes.c_int]}
+               "xent": [_P, _P, _P, _I, _I, _F, ctypes.c_int], "bf16_to_f32": [_P, _P, _I],
+               "swiglu_bf16": [_P, _P, _I, _I]}
 
 
 def _build(cc: str) -> ctypes.CDLL:
@@ -135,6 +136,29 @@ def rms_norm_backward(dy: torch.Tensor, h: torch.Tensor, r: torch.Tensor, w: tor
     dh = torch.empty_like(h)
     lib.rms_bwd(dy.data_ptr(), h.data_ptr(), r.data_ptr(), w.data_ptr(), dres.data_ptr(), dh.data_ptr(), *h.shape)
     return dh
+
+
+def widen(x: torch.Tensor) -> torch.Tensor:
+    """A bfloat16 CPU tensor as float32 (exact: the bf16 bits are the float's top half)."""
+    lib = _get()
+    if lib is None or x.dtype != torch.bfloat16 or x.device.type != "cpu":
+        return x.float()
+    x = x.contiguous()
+    out = torch.empty(x.shape, dtype=torch.float32)
+    lib.bf16_to_f32(x.data_ptr(), out.data_ptr(), x.numel())
+    return out
+
+
+def swiglu_bf16(gu: torch.Tensor) -> torch.Tensor:
+    """silu(g) * u, rounded to bfloat16, from a bfloat16 (L, 2F) holding g | u side by side."""
+    lib = _get()
+    if lib is None or gu.dtype != torch.bfloat16 or gu.device.type != "cpu":
+        g, u = gu.float().chunk(2, -1)
+        return (F.silu(g) * u).to(torch.bfloat16)
+    gu = gu.contiguous()
+    a = gu.new_empty(*gu.shape[:-1], gu.shape[-1] // 2)
+    lib.swiglu_bf16(gu.data_ptr(), a.data_ptr(), a.numel() // a.shape[-1], a.shape[-1])
+    return a
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -249,7 +273,8 @@ def _probe(lib: ctypes.CDLL) -> bool:
         x, r = rms_norm(h, w, 1e-5)
         return [x, r, rms_norm_backward(dy, h, r, w, dres), rotary_(q.clone(), cos, sin),
                 rotary_backward(q.transpose(0, 1).contiguous().transpose(0, 1), cos, sin), swiglu(g, u),
-                swiglu_backward(da, g, u), cross_entropy_(z.clone(), t, False), _after(cross_entropy_, z, t)]
+                swiglu_backward(da, g, u), cross_entropy_(z.clone(), t, False), _after(cross_entropy_, z, t),
+                widen(g.bfloat16()), swiglu_bf16(torch.cat([g, u], -1).bfloat16()).float()]
     try:
         fused, ref = run_all(lib), run_all(_NONE)
     finally:

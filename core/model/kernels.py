@@ -46,6 +46,11 @@ class FrozenLinear(torch.nn.Linear):
     """An `nn.Linear` whose frozen float32 CPU matmuls run on oneDNN; same parameters, same state dict."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if "_packed" in self.__dict__:  # inside core/model/packed.packed_weights
+            from core.model.packed import packed_forward
+            out = packed_forward(self, x)
+            if out is not None:
+                return out
         w = self.weight
         if (w.requires_grad or w.device.type != "cpu" or w.dtype != torch.float32 or x.dtype != torch.float32
                 or torch.is_autocast_enabled("cpu") or (self.bias is not None and self.bias.requires_grad)):
