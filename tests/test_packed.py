@@ -61,3 +61,10 @@ def test_grad_passes_and_other_dtypes_keep_the_plain_path(lm):
             assert packed.packed_forward(lin, x) is None  # a training pass never reads the packed copy
         assert packed.packed_forward(lin, x.double()) is None
         assert torch.equal(packed.packed_forward(lin, x), kernels._mm(x, lin.weight, None))
+
+
+def test_float32_copies_only_where_the_weights_come_from_the_model_file(lm):
+    """A model that owns its weights (a training process) would hold both copies: nothing is packed."""
+    kernels.own_weights(lm.model)
+    with packed.packed_weights(lm.model, torch.float32) as used:
+        assert used is None and not any("_packed" in m.__dict__ for m in lm.model.modules())

@@ -49,16 +49,18 @@ def _linears(model: torch.nn.Module) -> list:
 def packed_weights(model: torch.nn.Module, dtype: torch.dtype = torch.float32):
     """Within the block, the model's frozen CPU linear layers multiply with their weights reordered once
     (in `dtype`: float32, exact, or bfloat16); outside it, as before. Yields the dtype in use: float32
-    where bf16 was asked on a CPU without it, None where oneDNN is off (nothing changes then)."""
+    where bf16 was asked on a CPU without it; None where nothing changes: oneDNN off, or float32 asked
+    for weights that are not read from the model file (their copy would stay resident beside them)."""
     if dtype == torch.bfloat16 and not bf16_supported():
         dtype = torch.float32
-    layers = _linears(model) if kernels.available() else []
+    layers, mapped = _linears(model) if kernels.available() else [], kernels._file_mappings()
+    if dtype == torch.float32 and not all(_file_backed(m.weight, mapped) for m in layers):
+        layers = []  # weights the process owns (a training process): a float32 copy would double them
     if not layers:
         yield None
         return
     reorder = torch.ops.mkldnn._reorder_linear_weight
     packed: dict[int, torch.Tensor] = {}  # by weight storage: layers that share a weight share its copy
-    mapped = kernels._file_mappings()
     mlps = [m for m in model.modules() if _swiglu_mlp(m, layers)] if dtype == torch.bfloat16 else []
     joined = {id(p) for m in mlps for p in (m.gate_proj, m.up_proj)}
     try:
@@ -83,6 +85,11 @@ def packed_weights(model: torch.nn.Module, dtype: torch.dtype = torch.float32):
             m.__dict__.pop("forward", None)
             m.__dict__.pop("_gate_up", None)
         packed.clear()
+
+
+def _file_backed(t: torch.Tensor, mapped: list[tuple[int, int]]) -> bool:
+    start = t.data_ptr()
+    return any(lo <= start and start + t.numel() * t.element_size() <= hi for lo, hi in mapped)
 
 
 def _swiglu_mlp(m: torch.nn.Module, layers: list) -> bool:
