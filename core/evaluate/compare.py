@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from core.generate.generator import Decoding, Generator, System
 from core.generate.systems import run_system
 from core.evaluate.metrics import metric_names, score_predictions, summarize
@@ -111,11 +113,12 @@ def run_comparison(gen: Generator, spec: CompareSpec, model: str, embedder=None,
         eta = (time.time() - t0) / done * (total - done)
         progress(0.9 * done / total, f"generating {done}/{total} rows · ETA {eta:.0f} s")
     refs = [x.get("target", "") for x in spec.inputs]
-    if all(refs):  # each reference's log-likelihood read off the generation's prefill
-        texts, lls = gen.generate_scored([(s, x["input"], x["target"]) for s in spec.systems for x in spec.inputs],
-                                         spec.decoding, progress=report if progress else None)
-    else:
-        texts = gen.generate(rows, spec.decoding, progress=report if progress else None)
+    with gen.in_precision(torch.float32):  # weights reordered once: bitwise the same, 7-17% faster (packed.py)
+        if all(refs):  # each reference's log-likelihood read off the generation's prefill
+            texts, lls = gen.generate_scored([(s, x["input"], x["target"]) for s in spec.systems
+                                              for x in spec.inputs], spec.decoding, progress=report if progress else None)
+        else:
+            texts = gen.generate(rows, spec.decoding, progress=report if progress else None)
     n = len(spec.inputs)
     outputs = {s.name: texts[i * n:(i + 1) * n] for i, s in enumerate(spec.systems)}
     scores, summary = {}, []

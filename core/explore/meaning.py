@@ -90,8 +90,7 @@ def projection_scores(gen: Generator, run_id: str, projection: Projection, n: in
     soft, hard = run_system(run_id), projected_system(run_id, projection)
     spec = dataclasses.replace(CompareSpec.for_task(task, "validation", [soft, hard]), inputs=rows)
     t0 = time.perf_counter()
-    with gen.in_precision(torch.float32):  # exact, as on Compare; decode steps ~1.4x faster (core/model/packed.py)
-        result = run_comparison(gen, spec, run.config().model)
+    result = run_comparison(gen, spec, run.config().model)
     mean = {name: {m: float(np.mean(v)) for m, v in per.items()} for name, per in result["scores"].items()}
     metric = spec.main_metric
     return {"metric": metric, "soft": mean[soft.name][metric], "projected": mean[hard.name][metric],

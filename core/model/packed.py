@@ -27,6 +27,7 @@ import types
 import torch
 
 from core.model import fused, kernels
+from core.model.memory import release_freed
 
 HINT = 704  # rows the layout is tuned for (a prefill of 32 x 22 tokens); decode steps gain as much with it
 
@@ -85,6 +86,7 @@ def packed_weights(model: torch.nn.Module, dtype: torch.dtype = torch.float32):
             m.__dict__.pop("forward", None)
             m.__dict__.pop("_gate_up", None)
         packed.clear()
+        release_freed()  # the copies go back to the system, not to a heap the next pass grows past
 
 
 def _file_backed(t: torch.Tensor, mapped: list[tuple[int, int]]) -> bool:
