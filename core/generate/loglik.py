@@ -27,17 +27,18 @@ def log_likelihood(gen, rows: list) -> list[float]:
         heads.setdefault(system.name, []).append(seqs[-1][:len(seqs[-1]) - len(t)])
     common = {name: _common_prefix(group) for name, group in heads.items()}
     cut = [common[s.name] for s, _, _ in rows]
-    order = sorted(range(len(rows)), key=lambda i: (len(seqs[i]) - cut[i], rows[i][0].name))
+    order = sorted(range(len(rows)), key=lambda i: (len(seqs[i]) - cut[i], targets[i], rows[i][0].name))
     for b in range(0, len(order), gen.batch_size):
         idx = order[b:b + gen.batch_size]
-        parts = [(gen.prefix(rows[i][0], tuple(seqs[i][:cut[i]])), seqs[i][cut[i]:]) for i in idx]
+        # each row without its last token: no position reads it (causal), and nothing is predicted after it
+        parts = [(gen.prefix(rows[i][0], tuple(seqs[i][:cut[i]])), seqs[i][cut[i]:-1]) for i in idx]
         ids, mask, pos, cache = gen._batch_inputs(parts)
         logits = gen.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                           use_cache=False, logits_to_keep=max(targets[i] for i in idx) + 1  # targets only
-                           ).logits  # (B, max target + 1, V)
+                           use_cache=False, logits_to_keep=max(targets[i] for i in idx)  # targets only
+                           ).logits  # (B, max target, V)
         for r, i in enumerate(idx):  # row by row: no second (B, T, V) tensor for the log-softmax
-            n = targets[i]  # the last n tokens are the target, each predicted from the position before it
-            out[i] = float(token_logprobs(logits[r, -n - 1:-1], ids[r, -n:]).mean())
+            n = targets[i]  # the row's last n positions predict its n target tokens
+            out[i] = float(token_logprobs(logits[r, -n:], torch.tensor(seqs[i][-n:])).mean())
     return out
 
 
