@@ -6,7 +6,8 @@ Shapes: 8 rows (one decode step of a batch of 8), 160 (a prefill), 640 (a traini
 largest difference between the two kernels' outputs. Then the fused elementwise kernels of the
 training step (core/model/fused.py) against their PyTorch formulas, at the step's shapes (660 rows: 20
 virtual tokens and 8 x 80 text tokens; 128 labelled rows for the LM head's cross-entropy).
-Writes bench-results/kernels.json.
+Then each layer through weights reordered once into oneDNN's layout (core/model/packed.py), float32 and
+bf16, at 8, 32 and 704 rows. Writes bench-results/kernels.json.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import timed  # noqa: E402
 from core.model import fused
-from core.model.kernels import _mm, available  # noqa: E402
+from core.model import packed  # noqa: E402
+from core.model.kernels import _OP, _mm, available  # noqa: E402
 from core.model.loading import load_model  # noqa: E402
 
 
@@ -43,8 +45,28 @@ def main() -> dict:
         head = layers[-1].weight
         res["max_abs_diff_lm_head"] = float((F.linear(x, head) - _mm(x, head, None)).abs().max())
         res["max_abs_lm_head"] = float(F.linear(x, head).abs().max())
+        res["reordered"] = reordered(layers)
     res["fused"] = fused_kernels(model.config) if fused.available() else "not built (no C compiler?)"
     return res
+
+
+def reordered(layers: list) -> dict:
+    """Every linear layer once, through weights reordered into oneDNN's layout (core/model/packed.py)
+    against the plain weights: float32 (bitwise the same) and, where the CPU has it, bf16 matmuls."""
+    reorder, out = torch.ops.mkldnn._reorder_linear_weight, {}
+    dtypes = [torch.float32] + ([torch.bfloat16] if packed.bf16_supported() else [])
+    for dtype in dtypes:
+        ws = [reorder(m.weight.detach().to(dtype), packed.HINT) for m in layers]
+        for rows in (8, 32, 704):  # decode steps of 8 and 32 rows; an importance batch (32 x 22 tokens)
+            xs = {n: torch.randn(rows, n) for n in {m.in_features for m in layers}}
+            plain = timed(lambda: [_mm(xs[m.in_features], m.weight, None) for m in layers], 7, 1)
+            fast = timed(lambda: [_OP(xs[m.in_features].to(dtype), w, None, "none", [], "")
+                                  for m, w in zip(layers, ws)], 7, 1)
+            same = all(torch.equal(_OP(xs[m.in_features], w, None, "none", [], ""), _mm(xs[m.in_features], m.weight, None))
+                       for m, w in zip(layers[:3], ws[:3])) if dtype == torch.float32 else None
+            out[f"{str(dtype).split('.')[-1]}_{rows}_rows"] = {"plain_float32_s": plain, "reordered_s": fast,
+                                                               "speedup": plain / fast, "bitwise_same": same}
+    return out
 
 
 def fused_kernels(cfg, rows: int = 660, labelled: int = 128) -> dict:
@@ -93,6 +115,9 @@ if __name__ == "__main__":
         print(f"fused {name:22s} {1000 * v['fused_s']:6.3f} ms  PyTorch ops {1000 * v['pytorch_s']:6.3f} ms"
               f"  = {v['speedup']:.1f}x")
     print(f"LM head outputs: largest difference {r['max_abs_diff_lm_head']:.2e} on values up to {r['max_abs_lm_head']:.1f}")
+    for key, v in r["reordered"].items():
+        print(f"reordered {key:18s} plain float32 {1000 * v['plain_float32_s']:7.1f} ms  reordered "
+              f"{1000 * v['reordered_s']:7.1f} ms  = {v['speedup']:.2f}x" + ("  bitwise the same" if v["bitwise_same"] else ""))
     Path("bench-results").mkdir(exist_ok=True)
     Path("bench-results/kernels.json").write_text(json.dumps(r, indent=2))
     print(json.dumps(r))

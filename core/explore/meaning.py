@@ -114,12 +114,9 @@ def _loglik(gen: Generator, prompts: dict[str, np.ndarray], base: System, rows: 
     systems = {name: dataclasses.replace(base, name=name, adapter_dir=None, vectors=v if len(v) else None)
                for name, v in prompts.items()}
     todo = [(s, x["input"], x["target"]) for s in systems.values() for x in rows]
-    if precision == "bf16":
-        with gen.in_precision(torch.bfloat16) as dtype:
-            lls = gen.log_likelihood(todo)
-        precision = "bf16" if dtype == torch.bfloat16 else "fp32"
-    else:
-        lls = gen.log_likelihood(todo)
+    with gen.in_precision(torch.bfloat16 if precision == "bf16" else torch.float32) as dtype:
+        lls = gen.log_likelihood(todo)  # float32 reordered: bitwise the plain weights' results
+    precision = "bf16" if dtype == torch.bfloat16 else "fp32"
     gen.forget_memory_prompts()
     n = len(rows)
     return {name: float(np.mean(lls[i * n:(i + 1) * n])) for i, name in enumerate(systems)}, precision

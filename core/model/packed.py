@@ -2,11 +2,12 @@
 
 `FrozenLinear` (core/model/kernels.py) hands oneDNN a plain row-major weight on every call; oneDNN then
 works from that layout (or reorders it) each time. Reordered once with `_reorder_linear_weight`, the
-same float32 weights give bitwise the same outputs, and one decode step (8-32 rows) runs ~1.4x faster
-(`bench/bench_kernels.py`); prefill-sized passes gain nothing.
+same float32 weights give bitwise the same outputs, and every linear layer of a decode step runs 1.25x
+(8 rows) to 1.3x (32 rows) faster, a 704-row pass 1.1x (`bench/bench_kernels.py`); a comparison's
+generation 7-17% faster in all (docs/performance.md).
 
 In bfloat16 the matmuls take bf16 inputs and weights and accumulate in float32 (the CPU's
-AVX512-BF16/AMX dot products: ~2x float32 here); everything between them (norms, attention, softmax,
+AVX512-BF16/AMX dot products: 2.0x plain float32 at 8 to 704 rows here); everything between them (norms, attention, softmax,
 the residual stream) stays float32, and so does the LM head: bf16 logits would round the
 log-probabilities themselves (on paraphrase that halves the importance's largest error, 0.009 -> 0.004,
 for 7% more time). A llama-style MLP takes gate and up in one matmul and SwiGLU straight off its bf16
