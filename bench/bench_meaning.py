@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from common import load_model, timed  # noqa: E402 (common puts the repo on sys.path)
+from common import load_model, own_peak_gib, timed  # noqa: E402 (common puts the repo on sys.path)
 from core.explore.meaning import (PRECISIONS, default_precision, project, projection_scores,  # noqa: E402
                                   run_vectors, shorter_prompt_loglik, token_importance, top_k_tokens)
 from core.evaluate.metrics import load_scorers  # noqa: E402
@@ -44,11 +44,6 @@ def reference_forward(model, reps: int = 2) -> float:
         with torch.no_grad():
             model(input_ids=ids, attention_mask=torch.ones_like(ids))
     return timed(forward, reps=reps, warmup=0)
-
-
-def _hwm_gib() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2 ** 20
 
 
 def main() -> None:
@@ -107,7 +102,7 @@ def main() -> None:
            "reference_forward_s (before, between, after)": [round(x, 3) for x in (before, between, after)],
            "recorded_forward_s": recorded, "slowdown (scores, importance)": [round(x, 1) for x in slow or []],
            "total_s_at_recorded_speed (estimate)": round(estimate, 1) if estimate else None,
-           "shorter_prompt_s": round(t_short, 2), "peak_rss_gib (process, VmHWM)": round(_hwm_gib(), 2),
+           "shorter_prompt_s": round(t_short, 2), "peak_rss_gib (process, VmHWM)": round(own_peak_gib(), 2),
            "metric": scores["metric"], "soft": scores["soft"], "projected": scores["projected"], "gap": scores["gap"],
            "soft_loglik": scores["soft_loglik"], "projected_loglik": scores["projected_loglik"],
            "projected_text": proj.text, "distance": proj.distance,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from common import load_model  # noqa: E402 (common puts the repo on sys.path)
+from common import load_model, own_peak_gib  # noqa: E402 (common puts the repo on sys.path)
 from core.evaluate.compare import NEW_TOKENS  # noqa: E402
 from core.generate.generator import Decoding, Generator, System  # noqa: E402
 from core.generate.systems import run_system  # noqa: E402
@@ -53,8 +53,7 @@ def main() -> None:
         else:
             gen.generate([r[:2] for r in rows], d)
             gen.log_likelihood(rows)
-        kib = int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0])
-        print(round(kib / 2 ** 20, 3))
+        print(round(own_peak_gib(), 3))
         return
     runs = {t: (newest_finished(list_runs(), MODEL, t) or [None])[0] for t in ("qa", "sentiment", "summarisation")}
     if not all(runs.values()):

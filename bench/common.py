@@ -1,4 +1,5 @@
-"""Helpers the benchmark scripts share: a median timer and the bundled model as stock transformers runs it."""
+"""Helpers the benchmark scripts share: a median timer, the process's peak memory and the bundled model as
+stock transformers runs it."""
 from __future__ import annotations
 
 import statistics
@@ -20,6 +21,12 @@ def timed(fn, reps: int = 5, warmup: int = 2) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def own_peak_gib() -> float:
+    """This process's peak resident memory so far (VmHWM), in GiB."""
+    kib = int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0])
+    return kib / 2 ** 20
 
 
 def stock_model():

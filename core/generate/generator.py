@@ -140,9 +140,9 @@ class Generator:
     @contextlib.contextmanager
     def in_precision(self, dtype: torch.dtype):
         """Inside the block the model's matmuls run through weights reordered once, in `dtype`
-        (core/model/packed.py); bf16 prefix caches computed there are dropped at its end, never served to a
-        later float32 pass. Yields the dtype in
-        use (float32 where bf16 was asked on a CPU without it; None where nothing changed)."""
+        (core/model/packed.py); bf16 prefix caches computed there are dropped at its end, never served
+        to a later float32 pass. Yields the dtype in use (float32 where bf16 was asked on a CPU without
+        it; None where nothing changed)."""
         kept, used = set(self._prefix), None
         try:
             with packed_weights(self.model, dtype) as used:

@@ -179,12 +179,18 @@ def _file_mappings() -> list[tuple[int, int]]:
     return [tuple(int(x, 16) for x in parts[0].split("-")) for parts in lines]
 
 
+def file_backed(t: torch.Tensor, mapped: list[tuple[int, int]]) -> bool:
+    """The tensor's bytes lie inside one of the file mappings `mapped` (_file_mappings())."""
+    start = t.data_ptr()
+    return any(lo <= start and start + t.numel() * t.element_size() <= hi for lo, hi in mapped)
+
+
 def _drop_pages(t: torch.Tensor, mapped: list[tuple[int, int]]) -> None:
     """Drop the resident pages of a tensor read from a file mapping (re-read from the file if touched
     again, so nothing can change); a tensor in anonymous memory is left alone."""
-    start, end = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
-    if not any(lo <= start and end <= hi for lo, hi in mapped):
+    if not file_backed(t, mapped):
         return
+    start, end = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
     lo, hi = -(-start // _PAGE) * _PAGE, end // _PAGE * _PAGE  # the whole pages inside the tensor
     if hi > lo:
         try:

@@ -7,8 +7,8 @@ same float32 weights give bitwise the same outputs, and every linear layer of a 
 generation 7-17% faster in all (docs/performance.md).
 
 In bfloat16 the matmuls take bf16 inputs and weights and accumulate in float32 (the CPU's
-AVX512-BF16/AMX dot products: 2.0x plain float32 at 8 to 704 rows here); everything between them (norms, attention, softmax,
-the residual stream) stays float32, and so does the LM head: bf16 logits would round the
+AVX512-BF16/AMX dot products: 2.0x plain float32 at 8 to 704 rows here); everything between them
+(norms, attention, softmax, the residual stream) stays float32, and so does the LM head: bf16 logits would round the
 log-probabilities themselves (on paraphrase that halves the importance's largest error, 0.009 -> 0.004,
 for 7% more time). A llama-style MLP takes gate and up in one matmul and SwiGLU straight off its bf16
 output (fused.swiglu_bf16). That is an approximation: `token_importance` uses it only where
@@ -56,14 +56,15 @@ def packed_weights(model: torch.nn.Module, dtype: torch.dtype = torch.float32):
     if dtype == torch.bfloat16 and not bf16_supported():
         dtype = torch.float32
     layers, mapped = _linears(model) if kernels.available() else [], kernels._file_mappings()
-    if dtype == torch.float32 and not all(_file_backed(m.weight, mapped) for m in layers):
+    if dtype == torch.float32 and not all(kernels.file_backed(m.weight, mapped) for m in layers):
         layers = []  # weights the process owns (a training process): a float32 copy would double them
     if not layers:
         yield None
         return
     reorder = torch.ops.mkldnn._reorder_linear_weight
     packed: dict[int, torch.Tensor] = {}  # by weight storage: layers that share a weight share its copy
-    mlps = [m for m in model.modules() if _swiglu_mlp(m, layers)] if dtype == torch.bfloat16 else []
+    ids = {id(m) for m in layers}
+    mlps = [m for m in model.modules() if _swiglu_mlp(m, ids)] if dtype == torch.bfloat16 else []
     joined = {id(p) for m in mlps for p in (m.gate_proj, m.up_proj)}
     try:
         for m in mlps:  # gate and up in one matmul, then SwiGLU on its bf16 output (fused.swiglu_bf16)
@@ -90,15 +91,10 @@ def packed_weights(model: torch.nn.Module, dtype: torch.dtype = torch.float32):
         release_freed()  # the copies go back to the system, not to a heap the next pass grows past
 
 
-def _file_backed(t: torch.Tensor, mapped: list[tuple[int, int]]) -> bool:
-    start = t.data_ptr()
-    return any(lo <= start and start + t.numel() * t.element_size() <= hi for lo, hi in mapped)
-
-
-def _swiglu_mlp(m: torch.nn.Module, layers: list) -> bool:
+def _swiglu_mlp(m: torch.nn.Module, layers: set[int]) -> bool:
     """A llama-style MLP, down(silu(gate(x)) * up(x)), of frozen bias-free layers."""
     parts = [getattr(m, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
-    return (all(p is not None and any(p is lin for lin in layers) and p.bias is None for p in parts)
+    return (all(id(p) in layers and p.bias is None for p in parts)
             and _is_silu(getattr(m, "act_fn", None))
             and parts[0].weight.shape == parts[1].weight.shape)
 
