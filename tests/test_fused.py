@@ -168,3 +168,15 @@ def test_bf16_widening_and_swiglu_match_pytorch_bit_for_bit(impl):
     assert got.dtype == torch.bfloat16 and got.shape == (6, 40)
     assert torch.isnan(got[0, 3]) and torch.equal(torch.nan_to_num(got.float()), torch.nan_to_num(ref.float()))
     assert fused.swiglu_bf16(gu.view(2, 3, 80)).shape == (2, 3, 40)  # leading dims kept
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_logsumexp_and_argmax_of_logits_match_pytorch(impl, dtype):
+    """The log-likelihood's normaliser (core/generate/loglik.py), float32 or read off bf16 logits."""
+    z = (torch.randn(7, 3, 1000, generator=torch.Generator().manual_seed(4)) * 8).to(dtype)
+    lse, top = fused.logsumexp(z)
+    assert lse.dtype == torch.float32 and lse.shape == top.shape == (7, 3)
+    assert torch.allclose(lse, z.float().logsumexp(-1), rtol=1e-6, atol=1e-5)
+    assert torch.equal(top, z.float().argmax(-1))
+    z[2, 1, 5] = float("nan")
+    assert torch.isnan(fused.logsumexp(z)[0][2, 1]) and not torch.isnan(fused.logsumexp(z)[0][2, 0])

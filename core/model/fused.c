@@ -129,3 +129,35 @@ void swiglu_bf16(const uint16_t *gu, uint16_t *a, int64_t L, int64_t F) {
         }
     }
 }
+
+/* logsumexp of each row of logits (M, V) in float32, and the row's (first) largest entry; the logits
+   are float32 (lse_f32) or bfloat16, read as the float32 they are the top half of (lse_bf16): a
+   log-likelihood's normaliser read straight off the LM head's output, without a temporary
+   logits-sized tensor (core/generate/loglik.head_logprobs) */
+#define LSE_ROW(LOAD)                                                                   \
+    _Pragma("omp parallel for schedule(static)")                                       \
+    for (int64_t i = 0; i < M; i++) {                                                  \
+        float mx = -INFINITY, s = 0.f;                                                 \
+        _Pragma("omp simd reduction(max:mx)")                                          \
+        for (int64_t j = 0; j < V; j++) { float x = LOAD(i * V + j); mx = x > mx ? x : mx; } \
+        _Pragma("omp simd reduction(+:s)")                                             \
+        for (int64_t j = 0; j < V; j++) s += expf(LOAD(i * V + j) - mx);               \
+        out[i] = mx + logf(s);                                                         \
+        int64_t k = 0;                                                                 \
+        while (k < V - 1 && LOAD(i * V + k) != mx) k++;                                \
+        arg[i] = k;                                                                    \
+    }
+
+static inline float bf16_at(const uint16_t *z, int64_t i) {
+    union { uint32_t u; float f; } v; v.u = (uint32_t)z[i] << 16; return v.f;
+}
+
+void lse_f32(const float *z, float *out, int64_t *arg, int64_t M, int64_t V) {
+#define LOAD_F32(i) z[i]
+    LSE_ROW(LOAD_F32)
+}
+
+void lse_bf16(const uint16_t *z, float *out, int64_t *arg, int64_t M, int64_t V) {
+#define LOAD_BF16(i) bf16_at(z, i)
+    LSE_ROW(LOAD_BF16)
+}

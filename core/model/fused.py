@@ -46,7 +46,8 @@ _SIGNATURES = {"rms_fwd": [_P, _P, _P, _P, _I, _I, _F], "rms_bwd": [_P] * 6 + [_
                "rope": [_P, _I, _I, _P, _I, _I, _P, _P, _I, _I, _I, ctypes.c_int],
                "swiglu_fwd": [_P, _P, _I, _P, _I, _I], "swiglu_bwd": [_P, _P, _P, _I, _P, _P, _I, _I, _I],
                "xent": [_P, _P, _P, _I, _I, _F, ctypes.c_int], "bf16_to_f32": [_P, _P, _I],
-               "swiglu_bf16": [_P, _P, _I, _I]}
+               "swiglu_bf16": [_P, _P, _I, _I], "lse_bf16": [_P, _P, _P, _I, _I],
+               "lse_f32": [_P, _P, _P, _I, _I]}
 
 
 def _build(cc: str) -> ctypes.CDLL:
@@ -159,6 +160,19 @@ def swiglu_bf16(gu: torch.Tensor) -> torch.Tensor:
     a = gu.new_empty(*gu.shape[:-1], gu.shape[-1] // 2)
     lib.swiglu_bf16(gu.data_ptr(), a.data_ptr(), a.numel() // a.shape[-1], a.shape[-1])
     return a
+
+
+def logsumexp(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logsumexp in float32, argmax) over the last axis of float32 or bfloat16 logits (..., V): a few
+    passes over each row, no temporary copy (a bf16 input is never widened)."""
+    lib = _get()
+    if lib is None or z.dtype not in (torch.float32, torch.bfloat16) or z.device.type != "cpu":
+        return z.float().logsumexp(-1), z.argmax(-1)
+    z = z.contiguous()
+    out, arg = torch.empty(z.shape[:-1], dtype=torch.float32), torch.empty(z.shape[:-1], dtype=torch.int64)
+    fn = lib.lse_f32 if z.dtype == torch.float32 else lib.lse_bf16
+    fn(z.data_ptr(), out.data_ptr(), arg.data_ptr(), out.numel(), z.shape[-1])
+    return out, arg
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -274,7 +288,8 @@ def _probe(lib: ctypes.CDLL) -> bool:
         return [x, r, rms_norm_backward(dy, h, r, w, dres), rotary_(q.clone(), cos, sin),
                 rotary_backward(q.transpose(0, 1).contiguous().transpose(0, 1), cos, sin), swiglu(g, u),
                 swiglu_backward(da, g, u), cross_entropy_(z.clone(), t, False), _after(cross_entropy_, z, t),
-                widen(g.bfloat16()), swiglu_bf16(torch.cat([g, u], -1).bfloat16()).float()]
+                widen(g.bfloat16()), swiglu_bf16(torch.cat([g, u], -1).bfloat16()).float(),
+                *logsumexp(z.bfloat16()), *logsumexp(z)]
     try:
         fused, ref = run_all(lib), run_all(_NONE)
     finally:
