@@ -118,6 +118,30 @@ def test_scored_generation_reads_the_log_likelihood_off_the_prefill(lm, tiny_mod
     assert len(set(round(x, 4) for x in lls)) > 3  # rows differ: the values are each row's own
 
 
+def test_a_model_that_scales_its_logits_is_scored_through_its_own_forward(lm, monkeypatch):
+    """The LM head runs on the target positions alone only where the logits are nothing but
+    head(body(...)); a model that changes them after its head (a logit scale or cap) is scored whole."""
+    from core.generate import loglik
+    rows = [(System("bare"), x, t) for x, t in [("Say apple", "apple"), ("Say a longer river", "the river flows")]]
+    gen = Generator(lm.model, lm.tokenizer)
+    assert loglik.body_and_head(lm.model) is not None
+    split = gen.log_likelihood(rows)
+    monkeypatch.setattr(loglik, "body_and_head", lambda model: None)
+    assert gen.log_likelihood(rows) == pytest.approx(split, abs=1e-5)  # the whole-forward path, same values
+    monkeypatch.undo()
+    model = AutoModelForCausalLM.from_pretrained(lm.model.config.name_or_path).eval()
+    plain = type(model).forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: _halved(plain(model, *a, **k)), raising=False)
+    assert loglik.body_and_head(model) is None
+    halved = Generator(model, lm.tokenizer).log_likelihood(rows)
+    assert halved != pytest.approx(split, abs=1e-3)  # the model's own (halved) logits were read
+
+
+def _halved(out):
+    out.logits = out.logits / 2
+    return out
+
+
 def test_stop_at_newline_ends_each_row_at_its_first_break_after_text(lm):
     """Rows stop at the first line-break token once they hold text; a break before any text does not stop."""
     gen = Generator(lm.model, lm.tokenizer, batch_size=4)

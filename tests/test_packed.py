@@ -3,6 +3,7 @@ float32 is bitwise the model's own arithmetic; bfloat16 stays close and is undon
 import pytest
 import torch
 
+from core.generate import loglik
 from core.generate.generator import Decoding, Generator, System
 from core.model import kernels, packed
 from core.model.loading import load_model
@@ -48,7 +49,16 @@ def test_bf16_matmuls_are_close_and_leave_no_trace(lm):
         fast = _logits(lm.model, ids)
         assert not torch.equal(fast, before)  # it really ran in bf16
         assert torch.allclose(fast, before, atol=0.05 * before.abs().max().item())
-        assert gen.log_likelihood(row) != ll
+        bf16_ll = gen.log_likelihood(row)
+        assert bf16_ll != ll and bf16_ll[0] == pytest.approx(ll[0], abs=0.02 * abs(ll[0]))
+        head, hidden = lm.model.get_output_embeddings(), torch.randn(6, lm.model.config.hidden_size)
+        tokens = torch.tensor([3, 50, 700, 9, 9, 1000])
+        with torch.no_grad():
+            assert packed.bf16_head(head) is not None  # the normaliser from the head's bf16 copy
+            exact = torch.log_softmax(hidden @ head.weight.T, -1)[torch.arange(6), tokens]
+            assert torch.allclose(loglik.head_logprobs(head, hidden, tokens), exact, atol=0.02)
+    with torch.no_grad():
+        assert packed.bf16_head(head) is None
     # the bf16 prefix cache of the bare system was dropped: float32 again, exactly as before
     assert gen.log_likelihood(row) == ll and torch.equal(_logits(lm.model, ids), before)
 

@@ -96,17 +96,18 @@ def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
 
 def stack_prefixes(prefixes: list, P: int) -> KV:
     """Left-pad every row's prefix cache to P positions and stack the rows: (B, H, P, d) per layer."""
+    ref = next(p for p in prefixes if p.kv).kv
+    full = all(p.kv and p.length == P for p in prefixes)  # nothing to pad: one concatenation per tensor
     layers = []
-    for layer in range(len(next(p for p in prefixes if p.kv).kv)):
-        ks, vs = [], []
-        for p in prefixes:
-            k, v = p.kv[layer] if p.kv else (None, None)
-            ref = next(q.kv[layer][0] for q in prefixes if q.kv)
-            shape = (1, ref.shape[1], P - p.length, ref.shape[3])
-            pad = torch.zeros(shape, dtype=ref.dtype)
-            ks.append(torch.cat([pad, k], dim=2) if k is not None else torch.zeros(1, ref.shape[1], P, ref.shape[3]))
-            vs.append(torch.cat([pad, v], dim=2) if v is not None else torch.zeros(1, ref.shape[1], P, ref.shape[3]))
-        layers.append((torch.cat(ks), torch.cat(vs)))
+    for layer, (k0, v0) in enumerate(ref):
+        if full:
+            layers.append((torch.cat([p.kv[layer][0] for p in prefixes]), torch.cat([p.kv[layer][1] for p in prefixes])))
+            continue
+        ks, vs = (t.new_zeros(len(prefixes), t.shape[1], P, t.shape[3]) for t in (k0, v0))
+        for r, p in enumerate(prefixes):
+            if p.kv:
+                ks[r, :, P - p.length:], vs[r, :, P - p.length:] = p.kv[layer][0][0], p.kv[layer][1][0]
+        layers.append((ks, vs))
     return layers
 
 

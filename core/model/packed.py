@@ -80,10 +80,13 @@ def packed_weights(model: torch.nn.Module, dtype: torch.dtype = torch.float32):
                 kernels._drop_pages(m.weight, mapped)  # read from the model file: its pages leave the resident
                 # set while the copy serves (re-read from the page cache when next touched)
             m._packed = (packed[key], own)
+        if head is not None and dtype == torch.bfloat16 and any(lin is head for lin in layers):
+            head._head_bf16 = reorder(head.weight.detach().to(dtype), HINT)  # for scoring (bf16_head), not logits
         yield dtype
     finally:
         for m in layers:
             m.__dict__.pop("_packed", None)
+            m.__dict__.pop("_head_bf16", None)
         for m in mlps:
             m.__dict__.pop("forward", None)
             m.__dict__.pop("_gate_up", None)
@@ -113,6 +116,16 @@ def _mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
     gu = kernels._OP(x.to(torch.bfloat16), self._gate_up, None, "none", [], "")  # (..., 2F) bf16
     out = kernels._OP(fused.swiglu_bf16(gu), self.down_proj._packed[0], None, "none", [], "")
     return fused.widen(out)
+
+
+def bf16_head(head: torch.nn.Module):
+    """Inside a bfloat16 block: the bias-free output head's products in bf16 (float32 accumulation), as a
+    function (N, D) float32 -> (N, V) bfloat16, for a log-likelihood's normaliser
+    (core/generate/loglik.head_logprobs); None elsewhere, where the head is float32."""
+    weight = head.__dict__.get("_head_bf16")
+    if weight is None or head.bias is not None or torch.is_grad_enabled():
+        return None
+    return lambda x: kernels._OP(x.contiguous().to(torch.bfloat16), weight, None, "none", [], "")
 
 
 def packed_forward(module, x: torch.Tensor) -> torch.Tensor | None:
