@@ -82,7 +82,7 @@ def main() -> None:
                            base=scores["soft_loglik"], precision=a.precision)
     keep = top_k_tokens(imp["mean"], max(1, len(vectors) // 2))
     t0 = time.perf_counter()
-    short = shorter_prompt_loglik(gen, run_id, vectors, keep, a.n, imp["precision"])
+    short = shorter_prompt_loglik(gen, run_id, vectors, keep, a.n)
     t_short = time.perf_counter() - t0
     total, cpu = t_proj + scores["seconds"] + imp["seconds"], time.process_time() - cpu0
     after = reference_forward(lm.model)

@@ -85,9 +85,8 @@ def test_scores_importance_and_a_shorter_prompt(trained):
     at.slider(key="mean_k").set_value(4).run()  # keeping every token is the full prompt
     line = next(m.value for m in at.markdown if m.value.startswith("Keeping tokens"))
     full = line.split("(full prompt ")[1].rstrip(").")
-    # in bf16 (the default where the CPU has it) the two passes batch differently: equal within its rounding
-    assert "[0, 1, 2, 3]" in line and float(line.split("log-likelihood ")[1].split(" ")[0]) == pytest.approx(
-        float(full), abs=0.01)
+    # both float32 whatever the importance's precision: the shorter prompt and the base it is set beside
+    assert "[0, 1, 2, 3]" in line and line.split("log-likelihood ")[1].split(" ")[0] == full
     fast = "bfloat16 matmuls" if default_precision() == "bf16" else "float32"
     assert any(f"(importance in {fast})" in c.value for c in at.caption)
 
