@@ -31,27 +31,32 @@ def log_likelihood(gen, rows: list) -> list[float]:
     common = {name: _common_prefix(group) for name, group in heads.items()}
     cut = [common[s.name] for s, _, _ in rows]
     order = sorted(range(len(rows)), key=lambda i: (len(seqs[i]) - cut[i], targets[i], rows[i][0].name))
-    split = body_and_head(gen.model)
     for b in range(0, len(order), gen.batch_size):
         idx = order[b:b + gen.batch_size]
         # each row without its last token: no position reads it (causal), and nothing is predicted after it
         parts = [(gen.prefix(rows[i][0], tuple(seqs[i][:cut[i]])), seqs[i][cut[i]:-1]) for i in idx]
         ids, mask, pos, cache = gen._batch_inputs(parts)
-        inputs = dict(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=False)
-        want = [targets[i] for i in idx]  # row r's last want[r] positions predict its want[r] target tokens
+        want = torch.tensor([targets[i] for i in idx])  # row r's last want[r] positions predict its targets
+        K = int(want.max())
+        real = torch.arange(K) >= K - want[:, None]  # (B, K) over the last K positions
         tokens = torch.tensor([t for i in idx for t in seqs[i][-targets[i]:]])  # (N,) every row's targets
-        if split:  # the head on the target positions only, not on every row's padding up to the longest
-            hidden = split[0](**inputs).last_hidden_state  # (B, S, D)
-            S = hidden.shape[1]
-            at = torch.cat([torch.arange(S - n, S) + r * S for r, n in enumerate(want)])
-            lp = head_logprobs(split[1], hidden.reshape(-1, hidden.shape[-1])[at], tokens)  # (N,)
-        else:
-            logits = gen.model(**inputs, logits_to_keep=max(want)).logits  # (B, max target, V)
-            lp = torch.cat([token_logprobs(logits[r, -n:], tokens[sum(want[:r]):sum(want[:r + 1])])
-                            for r, n in enumerate(want)])  # row by row: no second (B, T, V) tensor
-        for i, part in zip(idx, lp.split(want)):
+        lp = target_logprobs(gen.model, dict(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                              past_key_values=cache, use_cache=False), real, tokens)
+        for i, part in zip(idx, lp.split(want.tolist())):
             out[i] = float(part.mean())
     return out
+
+
+def target_logprobs(model, inputs: dict, real: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log-probabilities (N,) of `tokens` at the positions `real` (B, K: the last K of the pass `inputs`
+    runs; row-major order). Where the logits are head(body), the head runs on those positions alone;
+    otherwise the model's own logits for the last K, read row by row (no second logits-sized tensor)."""
+    split = body_and_head(model)
+    K = real.shape[1]
+    if split:
+        return head_logprobs(split[1], split[0](**inputs).last_hidden_state[:, -K:][real], tokens)
+    logits = model(**inputs, logits_to_keep=K).logits  # (B, K, V)
+    return torch.cat([token_logprobs(logits[r, real[r]], t) for r, t in enumerate(tokens.split(real.sum(1).tolist()))])
 
 
 HEAD_ROWS = 128  # positions through the LM head at once: 25 MB of float32 logits for a 49,152-token vocabulary
@@ -117,17 +122,13 @@ def after_prompt(model, first: torch.Tensor, cache, mask: torch.Tensor, pos: tor
             ids[r, :len(t) - 1], nxt[r, :len(t) - 1], own[r, :len(t) - 1] = torch.tensor(t[:-1]), torch.tensor(t[1:]), 1
         per_row = sum(layer.keys[0].numel() + layer.values[0].numel() for layer in cache.layers)
         step = max(1, min(LOGITS_AT_ONCE // ((n - 1) * V), CACHE_AT_ONCE // max(per_row, 1)))
-        split = body_and_head(model)
         for a in range(0, B, step):
             rows = slice(a, a + step)
             copy = DynamicCache(ddp_cache_data=[(layer.keys[rows], layer.values[rows]) for layer in cache.layers])
             inputs = dict(input_ids=ids[rows], attention_mask=torch.cat([mask[rows], own[rows]], 1),
                           position_ids=pos[rows, -1:] + 1 + torch.arange(n - 1), past_key_values=copy, use_cache=True)
-            if split:  # the head on the targets' own positions only, not on the padding after shorter ones
-                hidden, real = split[0](**inputs).last_hidden_state, own[rows].bool()  # (rows, n-1, D)
-                lp = torch.zeros(real.shape)
-                lp[real] = head_logprobs(split[1], hidden[real], nxt[rows][real])
-            else:
-                lp = token_logprobs(model(**inputs).logits, nxt[rows]) * own[rows]  # (rows, n-1)
+            real = own[rows].bool()  # (rows, n-1): the targets' own positions, not the padding after shorter ones
+            lp = torch.zeros(real.shape)
+            lp[real] = target_logprobs(model, inputs, real, nxt[rows][real])
             total[rows] += lp.sum(1)
     return (total / torch.tensor([len(t) for t in targets])).tolist()

@@ -66,13 +66,13 @@ def packed_weights(model: torch.nn.Module, dtype: torch.dtype = torch.float32):
     ids = {id(m) for m in layers}
     mlps = [m for m in model.modules() if _swiglu_mlp(m, ids)] if dtype == torch.bfloat16 else []
     joined = {id(p) for m in mlps for p in (m.gate_proj, m.up_proj)}
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     try:
         for m in mlps:  # gate and up in one matmul, then SwiGLU on its bf16 output (fused.swiglu_bf16)
             m._gate_up = reorder(torch.cat([m.gate_proj.weight.detach(), m.up_proj.weight.detach()]).to(dtype), HINT)
             m.forward = types.MethodType(_mlp_forward, m)
             for lin in (m.gate_proj, m.up_proj):
                 kernels._drop_pages(lin.weight, mapped)
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         for m in (lin for lin in layers if id(lin) not in joined):
             key, own = m.weight.data_ptr(), torch.float32 if m is head else dtype  # logits stay float32
             if key not in packed:
@@ -80,13 +80,14 @@ def packed_weights(model: torch.nn.Module, dtype: torch.dtype = torch.float32):
                 kernels._drop_pages(m.weight, mapped)  # read from the model file: its pages leave the resident
                 # set while the copy serves (re-read from the page cache when next touched)
             m._packed = (packed[key], own)
-        if head is not None and dtype == torch.bfloat16 and any(lin is head for lin in layers):
+        if head is not None and dtype == torch.bfloat16 and id(head) in ids:
             head._head_bf16 = reorder(head.weight.detach().to(dtype), HINT)  # for scoring (bf16_head), not logits
         yield dtype
     finally:
         for m in layers:
             m.__dict__.pop("_packed", None)
-            m.__dict__.pop("_head_bf16", None)
+        if head is not None:
+            head.__dict__.pop("_head_bf16", None)
         for m in mlps:
             m.__dict__.pop("forward", None)
             m.__dict__.pop("_gate_up", None)
