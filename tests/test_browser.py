@@ -169,9 +169,9 @@ def test_a_new_users_own_file_and_task_switch_in_a_real_browser(app, page, tmp_p
     pg.get_by_text("Upload a file with one example").wait_for()
     pg.locator("input[type=file]").set_input_files(str(csv))
     pg.get_by_text("Target column").wait_for()
-    pg.wait_for_timeout(1500)
-    assert pg.get_by_label("Virtual tokens", exact=True).input_value() == "20"  # general defaults, not blanks
-    assert pg.get_by_label("Input template", exact=True).input_value() == "{input}"
+    from playwright.sync_api import expect  # retries until the rerun after the upload has drawn the form
+    expect(pg.get_by_label("Virtual tokens", exact=True)).to_have_value("20", timeout=20_000)  # general defaults
+    expect(pg.get_by_label("Input template", exact=True)).to_have_value("{input}", timeout=20_000)  # not blanks
     pg.get_by_text("Training settings").click()
     for label, value in [("Max steps", 3), ("Batch size", 2), ("Eval every", 3), ("Save every", 3),
                          ("Eval examples", 2), ("Max target tokens", 8)]:
