@@ -17,6 +17,9 @@ import pytest
 
 from tests.conftest import REPO
 
+expect = pytest.importorskip("playwright.sync_api").expect  # its checks retry until the page has drawn them
+expect.set_options(timeout=30_000)  # a rerun on a loaded machine: seconds, not Playwright's default 5
+
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
 pytestmark = [pytest.mark.browser,
@@ -83,6 +86,15 @@ def page():
         browser.close()
 
 
+def eventually(check, failure, seconds: float = 20) -> None:
+    """Wait until check() holds (a page draws what a rerun changed some time after the click); else fail
+    with failure(), read then."""
+    end = time.time() + seconds
+    while not check():
+        assert time.time() < end, failure()
+        time.sleep(0.25)
+
+
 def fill(pg, label: str, value) -> None:
     box = pg.get_by_label(label, exact=True)
     box.fill(str(value))
@@ -117,28 +129,23 @@ def test_tune_then_compare_in_a_real_browser(app, page):
     pg.get_by_role("button", name="Compare").click()
     pg.get_by_text("Mean over inputs").wait_for(timeout=300_000)
     chart = pg.locator(".js-plotly-plot").first
-    chart.wait_for()
-    pg.wait_for_timeout(1000)
-    ticks = chart.text_content()  # the bar chart's axis names every system (the tables draw on canvas)
-    assert "soft: " in ticks and "hard: default" in ticks and "hard: 3-shot" in ticks and "bare model" in ticks
+    for name in ("soft: ", "hard: default", "hard: 3-shot", "bare model"):  # the bar chart's axis names every
+        expect(chart).to_contain_text(name)  # system (the tables draw on canvas)
     pg.screenshot(path=str(ARTIFACTS / "3-compare.png"), full_page=True)
 
     pg.goto(f"{app}/explore")  # the first visit builds the vocabulary map and tree (about a minute), then cached
     pg.get_by_text("A fixed UMAP map").wait_for(timeout=480_000)
     pg.get_by_text("The minimum spanning tree").wait_for(timeout=300_000)  # then the tree (the first tab)
     pg.locator(".js-plotly-plot").first.wait_for()
-    pg.wait_for_timeout(2000)
-    assert "49,152 input embeddings" in pg.inner_text("body")
+    expect(pg.locator("body")).to_contain_text("49,152 input embeddings")
     pg.screenshot(path=str(ARTIFACTS / "4-explore.png"), full_page=True)
 
     pg.goto(f"{app}/results")  # the shipped results table and length x init report
     pg.get_by_text("Soft prompt against hard prompts").wait_for()
     chart = pg.locator(".js-plotly-plot").first
-    chart.wait_for()
-    pg.wait_for_timeout(1000)
-    legend = chart.text_content()
-    assert all(init in legend for init in ("random", "sample-vocab", "text", "class-label")), legend
-    assert "Soft prompt ahead on" in pg.inner_text("body")
+    for init in ("random", "sample-vocab", "text", "class-label"):
+        expect(chart).to_contain_text(init)  # the legend
+    expect(pg.locator("body")).to_contain_text("Soft prompt ahead on")
     pg.screenshot(path=str(ARTIFACTS / "5-results.png"), full_page=True)
 
 
@@ -169,9 +176,8 @@ def test_a_new_users_own_file_and_task_switch_in_a_real_browser(app, page, tmp_p
     pg.get_by_text("Upload a file with one example").wait_for()
     pg.locator("input[type=file]").set_input_files(str(csv))
     pg.get_by_text("Target column").wait_for()
-    from playwright.sync_api import expect  # retries until the rerun after the upload has drawn the form
-    expect(pg.get_by_label("Virtual tokens", exact=True)).to_have_value("20", timeout=20_000)  # general defaults
-    expect(pg.get_by_label("Input template", exact=True)).to_have_value("{input}", timeout=20_000)  # not blanks
+    expect(pg.get_by_label("Virtual tokens", exact=True)).to_have_value("20")  # general defaults
+    expect(pg.get_by_label("Input template", exact=True)).to_have_value("{input}")  # not blanks
     pg.get_by_text("Training settings").click()
     for label, value in [("Max steps", 3), ("Batch size", 2), ("Eval every", 3), ("Save every", 3),
                          ("Eval examples", 2), ("Max target tokens", 8)]:
@@ -190,16 +196,16 @@ def test_a_new_users_own_file_and_task_switch_in_a_real_browser(app, page, tmp_p
     systems = pg.locator("[data-testid=stMultiSelect]").filter(has_text="Soft prompts")
     assert "qa-prompt-tuning" not in systems.inner_text()  # paraphrase has no run: none picked
     pick(pg, "Task", "qa")
-    assert "qa-prompt-tuning" in systems.inner_text()  # the task's own run follows the switch
+    expect(systems).to_contain_text("qa-prompt-tuning")  # the task's own run follows the switch
     assert "trivia" not in systems.inner_text()
     pg.screenshot(path=str(ARTIFACTS / "8-compare-task-switch.png"), full_page=True)
 
     pg.get_by_text("a file").click()
     pg.locator("[data-testid=stSidebar] input[type=file]").set_input_files(str(csv))
     pg.get_by_text("Reference column").wait_for()
-    pg.wait_for_timeout(1500)
     ref = pg.locator("[data-testid=stSelectbox]").filter(has_text="Reference column").locator("input")
-    assert "answer" in (ref.input_value() + (ref.get_attribute("aria-label") or ""))
+    shown = lambda: ref.input_value() + (ref.get_attribute("aria-label") or "")  # noqa: E731
+    eventually(lambda: "answer" in shown(), lambda: f"the reference column shows {shown()!r}, not the answer column")
     fill(pg, "Max new tokens", 4)
     pg.get_by_role("button", name="Compare").click()
     pg.get_by_text("Mean over inputs").wait_for(timeout=300_000)
@@ -234,15 +240,15 @@ def test_explore_tree_shows_a_runs_tokens_and_finds_a_word(small_app, page, tmp_
     pg.goto(f"{small_app}/explore")
     pg.get_by_text("The minimum spanning tree").wait_for(timeout=300_000)
     pg.locator(".js-plotly-plot").first.wait_for()
-    pg.wait_for_timeout(1500)
-    assert pg.get_by_role("tab", name="Tree").get_attribute("aria-selected") == "true"
+    expect(pg.get_by_role("tab", name="Tree")).to_have_attribute("aria-selected", "true")
+    pg.wait_for_function(f"({TRACES})().length >= 3")  # vocabulary, tree, the run's tokens
     shown = dict(pg.evaluate(TRACES))
     assert shown["vocabulary (2,000 tokens)"] == 2000 and shown["tree (1,999 edges)"] == 3 * 1999
     run = next(name for name in shown if name.endswith("-sentiment-prompt-tuning"))
     assert shown[run] == 3  # the run's virtual tokens, each hanging off its nearest token
     fill(pg, "Find a word", "good")
     pg.get_by_text("'good': ").wait_for(timeout=60_000)
-    pg.wait_for_timeout(1500)
+    pg.wait_for_function(f"({TRACES})().some(t => t[0] === 'search: good')")
     shown = dict(pg.evaluate(TRACES))
     assert shown.get("search: good", 0) >= 1 and shown[run] == 3
     pg.screenshot(path=str(ARTIFACTS / "11-explore-tree.png"), full_page=True)
