@@ -6,7 +6,8 @@ from transformers import AutoModelForCausalLM
 
 from core.config import TuneConfig
 from core.generate.formatting import Formatter
-from core.generate.generator import Decoding, Generator, System, _common_prefix
+from core.generate.batching import common_prefix
+from core.generate.generator import Decoding, Generator, System
 from core.train.methods import build_peft_model
 from core.model.loading import load_model
 from tests.conftest import peft_reference
@@ -67,6 +68,30 @@ def test_mixed_batches_equal_rows_alone_and_prefix_is_computed_once(lm, tiny_mod
     assert len(together._prefix) == 3
 
 
+def test_in_memory_prompts_of_one_length_share_one_prefix_pass_and_score_as_alone(lm):
+    """An importance pass's variants (vectors in memory, the same length): their prefixes come from one
+    batched forward, and each row's log-likelihood is what that prompt gets scored alone."""
+    width = lm.model.config.hidden_size
+    vectors = [torch.randn(3, width, generator=torch.Generator().manual_seed(j)).numpy() * 20 for j in range(4)]
+    prompts = [System(f"v{j}", vectors=v) for j, v in enumerate(vectors)]
+    prompts.append(System("short", vectors=vectors[0][:2]))  # another length: a pass of its own
+    rows = [(s, x, "river") for s in prompts for x in INPUTS]
+    calls = []
+    hook = lm.model.register_forward_hook(lambda m, a, k, out: calls.append(k["inputs_embeds"].shape[0]
+                                                                         if k.get("inputs_embeds") is not None else 0),
+                                          with_kwargs=True)
+    try:
+        gen = Generator(lm.model, lm.tokenizer)
+        together = gen.log_likelihood(rows)
+        prefix_passes = [b for b in calls if b]
+    finally:
+        hook.remove()
+    assert sorted(prefix_passes) == [1, 4]  # the four of one length at once, the shorter one alone
+    alone = [Generator(lm.model, lm.tokenizer).log_likelihood([r])[0] for r in rows]
+    assert together == pytest.approx(alone, abs=1e-5)
+    assert max(together) - min(together) > 1e-4  # the prompts do differ: 10x the tolerance above
+
+
 def test_sampling_is_seeded(lm):
     gen = Generator(lm.model, lm.tokenizer)
     rows = [(System("bare"), x) for x in INPUTS]
@@ -75,9 +100,9 @@ def test_sampling_is_seeded(lm):
 
 
 def test_common_prefix_leaves_each_row_a_token():
-    assert _common_prefix([[1, 2, 3, 4], [1, 2, 5]]) == 2
-    assert _common_prefix([[1, 2], [1, 2]]) == 1
-    assert _common_prefix([[7]]) == 0
+    assert common_prefix([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert common_prefix([[1, 2], [1, 2]]) == 1
+    assert common_prefix([[7]]) == 0
 
 
 @pytest.mark.parametrize("kw", [dict(method="prompt-tuning"), dict(method="prefix-tuning"), None])

@@ -94,6 +94,20 @@ def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([torch.zeros(shape, dtype=t.dtype), t], dim=axis)
 
 
+def kv_layers(cache) -> KV:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def common_prefix(seqs: list[list[int]]) -> int:
+    """Length of the token run every sequence starts with, leaving each at least one own token."""
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for i in range(max(n, 0)):
+        if any(s[i] != first[i] for s in seqs):
+            return i
+    return max(n, 0)
+
+
 def stack_prefixes(prefixes: list, P: int) -> KV:
     """Left-pad every row's prefix cache to P positions and stack the rows: (B, H, P, d) per layer."""
     ref = next(p for p in prefixes if p.kv).kv

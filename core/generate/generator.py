@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 from transformers import DynamicCache
 
-from core.generate.batching import KV, ActiveRows, pick, stack_prefixes, stop_ids
+from core.generate.batching import KV, ActiveRows, common_prefix, kv_layers, pick, stack_prefixes, stop_ids
 from core.generate.formatting import Formatter
 from core.store.paths import read_json
 from core.model.adapters import adapter_prompt, check_adapter_fits
@@ -105,32 +105,45 @@ class Generator:
                 self._soft[adapter_dir] = (stamp, ("embeds", t[None]))  # (1, N, D)
         return self._soft[adapter_dir][1]
 
-    @torch.no_grad()
-    def prefix(self, system: System, ids: tuple[int, ...]) -> _Prefix:
-        """Key/value cache of a system's shared prefix (virtual tokens + `ids`), computed once."""
+    def _prefix_source(self, system: System, ids: tuple[int, ...]) -> tuple[tuple, tuple | None]:
+        """(cache key, soft prompt as _soft_prompt gives it or None) of a system's shared prefix."""
         soft, key = self._soft_prompt(system.adapter_dir) if system.adapter_dir else None, (system.adapter_dir, ids)
         if system.vectors is not None:  # (N, D) input-space vectors held in memory: keyed by their content
             t = torch.as_tensor(system.vectors, dtype=torch.float32).contiguous()  # (N, D)
             soft = ("embeds", t.to(self.model.dtype)[None])
             key = ("mem:" + hashlib.blake2b(t.numpy().tobytes(), digest_size=16).hexdigest(), ids)
-        if key in self._prefix:
-            return self._prefix[key]
-        ids_t = torch.tensor([ids], dtype=torch.long)  # (1, L)
-        if soft and soft[0] == "embeds":
-            embeds = torch.cat([soft[1], self.model.get_input_embeddings()(ids_t)], dim=1)  # (1, N+L, D)
-            out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
-            kv, length = _layers(out.past_key_values), embeds.shape[1]
-        else:
+        return key, soft
+
+    @torch.no_grad()
+    def prefixes(self, pairs: list[tuple[System, tuple[int, ...]]]) -> None:
+        """Compute the prefixes of several (system, ids) at once where they are virtual tokens + ids of one
+        length (an importance pass's variants): one batched pass instead of one pass per prefix."""
+        todo: dict[int, dict] = {}
+        for system, ids in pairs:
+            key, soft = self._prefix_source(system, ids)
+            if key not in self._prefix and soft and soft[0] == "embeds":
+                embeds = torch.cat([soft[1], self.model.get_input_embeddings()(torch.tensor([ids], dtype=torch.long))], dim=1)
+                todo.setdefault(embeds.shape[1], {})[key] = embeds  # (1, N+L, D)
+        for length, group in todo.items():
+            out = self.model(inputs_embeds=torch.cat(list(group.values())), use_cache=True, logits_to_keep=1)
+            for r, key in enumerate(group):
+                self._prefix[key] = _Prefix([(k[r:r + 1], v[r:r + 1]) for k, v in kv_layers(out.past_key_values)], length)
+
+    @torch.no_grad()
+    def prefix(self, system: System, ids: tuple[int, ...]) -> _Prefix:
+        """Key/value cache of a system's shared prefix (virtual tokens + `ids`), computed once."""
+        key, soft = self._prefix_source(system, ids)
+        if key not in self._prefix and soft and soft[0] == "embeds":
+            self.prefixes([(system, ids)])
+        if key not in self._prefix:  # token ids alone, or after a prefix-tuning prompt's keys and values
             kv = [(k.clone(), v.clone()) for k, v in soft[1]] if soft else None
             n = kv[0][0].shape[2] if kv else 0
             if ids:
-                cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache()
-                pos = torch.arange(n, n + len(ids))[None]  # (1, L)
-                out = self.model(input_ids=ids_t, attention_mask=torch.ones(1, n + len(ids), dtype=torch.long),
-                                 position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                kv = _layers(out.past_key_values)
-            length = n + len(ids)
-        self._prefix[key] = _Prefix(kv or [], length)
+                out = self.model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, n + len(ids), dtype=torch.long),
+                                 position_ids=torch.arange(n, n + len(ids))[None], use_cache=True, logits_to_keep=1,
+                                 past_key_values=DynamicCache(ddp_cache_data=kv) if kv else DynamicCache())
+                kv = kv_layers(out.past_key_values)
+            self._prefix[key] = _Prefix(kv or [], n + len(ids))
         return self._prefix[key]
 
     def forget_memory_prompts(self) -> None:
@@ -195,7 +208,7 @@ class Generator:
         by_system: dict[str, list[list[int]]] = {}
         for r, (s, ids) in enumerate(batch):
             by_system.setdefault(s.name, []).append(ids[:len(ids) - own[r]] if own else ids)
-        common = {name: _common_prefix(group) for name, group in by_system.items()}
+        common = {name: common_prefix(group) for name, group in by_system.items()}
         return [(self.prefix(s, tuple(ids[:common[s.name]])), ids[common[s.name]:]) for s, ids in batch]
 
     def _batch_inputs(self, parts: list[tuple[_Prefix, list[int]]]):
@@ -283,16 +296,3 @@ class Generator:
         release_freed()
         return out
 
-
-def _layers(cache) -> KV:
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _common_prefix(seqs: list[list[int]]) -> int:
-    """Length of the token run every sequence starts with, leaving each at least one own token."""
-    n = min(len(s) for s in seqs) - 1
-    first = seqs[0]
-    for i in range(max(n, 0)):
-        if any(s[i] != first[i] for s in seqs):
-            return i
-    return max(n, 0)

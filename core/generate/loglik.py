@@ -1,6 +1,7 @@
 """Reference log-likelihood on a causal LM through the generator's prefixes (Generator.log_likelihood).
 
-Each row runs from its system's prefix (the token run all its rows share, cached once); rows of all
+Each row runs from its system's prefix (the token run all its rows share, cached once; the prefixes of
+many in-memory prompts of one length, an importance pass's variants, in one batched pass); rows of all
 systems are batched by the length of what follows, so batches carry little padding. The LM head runs
 on the target positions alone (head_logprobs), in a bfloat16 block from the head's bf16 copy."""
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from core.generate.generator import _common_prefix
+from core.generate.batching import common_prefix
 from core.model import fused
 from core.model.packed import bf16_head
 
@@ -28,8 +29,10 @@ def log_likelihood(gen, rows: list) -> list[float]:
         seqs.append(gen.prompt_ids(system, x) + t)
         targets.append(len(t))
         heads.setdefault(system.name, []).append(seqs[-1][:len(seqs[-1]) - len(t)])
-    common = {name: _common_prefix(group) for name, group in heads.items()}
+    common = {name: common_prefix(group) for name, group in heads.items()}
     cut = [common[s.name] for s, _, _ in rows]
+    first = {s.name: i for i, (s, _, _) in enumerate(rows)}  # a row of each system
+    gen.prefixes([(rows[i][0], tuple(seqs[i][:cut[i]])) for i in first.values()])  # same-length ones in one pass
     order = sorted(range(len(rows)), key=lambda i: (len(seqs[i]) - cut[i], targets[i], rows[i][0].name))
     for b in range(0, len(order), gen.batch_size):
         idx = order[b:b + gen.batch_size]
