@@ -117,7 +117,8 @@ class Generator:
     @torch.no_grad()
     def prefixes(self, pairs: list[tuple[System, tuple[int, ...]]]) -> None:
         """Compute the prefixes of several (system, ids) at once where they are virtual tokens + ids of one
-        length (an importance pass's variants): one batched pass instead of one pass per prefix."""
+        length (an importance pass's variants): one batched pass instead of one pass per prefix. Only for
+        prompts used once (in memory): a batch's rounding may differ from batch 1's in the last bit."""
         todo: dict[int, dict] = {}
         for system, ids in pairs:
             key, soft = self._prefix_source(system, ids)

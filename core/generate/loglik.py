@@ -31,8 +31,8 @@ def log_likelihood(gen, rows: list) -> list[float]:
         heads.setdefault(system.name, []).append(seqs[-1][:len(seqs[-1]) - len(t)])
     common = {name: common_prefix(group) for name, group in heads.items()}
     cut = [common[s.name] for s, _, _ in rows]
-    first = {s.name: i for i, (s, _, _) in enumerate(rows)}  # a row of each system
-    gen.prefixes([(rows[i][0], tuple(seqs[i][:cut[i]])) for i in first.values()])  # same-length ones in one pass
+    probes = {s.name: i for i, (s, _, _) in enumerate(rows) if s.vectors is not None}  # a row of each in-memory
+    gen.prefixes([(rows[i][0], tuple(seqs[i][:cut[i]])) for i in probes.values()])  # prompt; same lengths at once
     order = sorted(range(len(rows)), key=lambda i: (len(seqs[i]) - cut[i], targets[i], rows[i][0].name))
     for b in range(0, len(order), gen.batch_size):
         idx = order[b:b + gen.batch_size]
