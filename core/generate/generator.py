@@ -114,14 +114,15 @@ class Generator:
             key = ("mem:" + hashlib.blake2b(t.numpy().tobytes(), digest_size=16).hexdigest(), ids)
         return key, soft
 
-    @torch.no_grad()
     def prefixes(self, pairs: list[tuple[System, tuple[int, ...]]]) -> None:
-        """Compute the prefixes of several (system, ids) at once where they are virtual tokens + ids of one
-        length (an importance pass's variants): one batched pass instead of one pass per prefix. Only for
-        prompts used once (in memory): a batch's rounding may differ from batch 1's in the last bit."""
+        """Same-length prefixes in one pass: for probes used once (a batch's rounding may differ from batch 1's)."""
+        self._embedded_prefixes([(*self._prefix_source(system, ids), ids) for system, ids in pairs])
+
+    @torch.no_grad()
+    def _embedded_prefixes(self, sources: list[tuple[tuple, tuple | None, tuple[int, ...]]]) -> None:
+        """Of (key, soft, ids) from _prefix_source, those of input-space tokens not cached yet: one pass per length."""
         todo: dict[int, dict] = {}
-        for system, ids in pairs:
-            key, soft = self._prefix_source(system, ids)
+        for key, soft, ids in sources:
             if key not in self._prefix and soft and soft[0] == "embeds":
                 embeds = torch.cat([soft[1], self.model.get_input_embeddings()(torch.tensor([ids], dtype=torch.long))], dim=1)
                 todo.setdefault(embeds.shape[1], {})[key] = embeds  # (1, N+L, D)
@@ -134,8 +135,7 @@ class Generator:
     def prefix(self, system: System, ids: tuple[int, ...]) -> _Prefix:
         """Key/value cache of a system's shared prefix (virtual tokens + `ids`), computed once."""
         key, soft = self._prefix_source(system, ids)
-        if key not in self._prefix and soft and soft[0] == "embeds":
-            self.prefixes([(system, ids)])
+        self._embedded_prefixes([(key, soft, ids)])
         if key not in self._prefix:  # token ids alone, or after a prefix-tuning prompt's keys and values
             kv = [(k.clone(), v.clone()) for k, v in soft[1]] if soft else None
             n = kv[0][0].shape[2] if kv else 0
