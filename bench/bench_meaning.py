@@ -21,7 +21,9 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 from common import load_model, own_peak_gib, timed  # noqa: E402 (common puts the repo on sys.path)
 from core.explore.meaning import (PRECISIONS, default_precision, project, projection_scores,  # noqa: E402
@@ -46,6 +48,21 @@ def reference_forward(model, reps: int = 2) -> float:
     return timed(forward, reps=reps, warmup=0)
 
 
+def ab_layers(gen, run_id, vectors, index, a) -> list[list[float]]:
+    """Importance seconds with the fused llama layers and with transformers' own, alternating."""
+    from core.model import llama_bf16
+    eligible, times = llama_bf16.eligible, [[], []]
+    try:
+        for _ in range(a.ab_layers):
+            for i, rule in enumerate((eligible, lambda *_: False)):
+                llama_bf16.eligible = rule
+                imp = token_importance(gen, run_id, vectors, index.mean_, a.n, base=0.0, precision=a.precision)
+                times[i].append(round(imp["seconds"], 2))
+    finally:
+        llama_bf16.eligible = eligible
+    return times
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--task", default="sentiment")
@@ -54,6 +71,11 @@ def main() -> None:
     p.add_argument("--remove", action="store_true", help="also measure removal (twice the passes)")
     p.add_argument("--precision", choices=PRECISIONS, default=default_precision(),
                    help="of the importance pass (default: the page's, bf16 where the CPU has it)")
+    p.add_argument("--ab-layers", type=int, default=0, metavar="N",
+                   help="then time the importance pass N times each with and without the fused llama layers "
+                        "(core/model/llama_bf16.py), interleaved")
+    p.add_argument("--against-fp32", action="store_true",
+                   help="then measure the importance in float32 too and print how far the default's drops are from it")
     a = p.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     run_id = a.run or (newest_finished(list_runs(), "smollm2-135m-instruct", a.task) or [None])[0]
@@ -109,6 +131,15 @@ def main() -> None:
            "importance_mean": [round(float(x), 4) for x in imp["mean"]],
            "importance_remove": [round(float(x), 4) for x in imp["remove"]] if a.remove else None,
            "shorter_prompt_tokens": keep, "shorter_prompt_loglik": short}
+    if a.against_fp32:
+        exact = token_importance(gen, run_id, vectors, index.mean_, a.n, base=scores["soft_loglik"], precision="fp32")
+        top = set(top_k_tokens(exact["mean"], 5)) & set(top_k_tokens(imp["mean"], 5))
+        out["against_fp32"] = {"fp32_importance_s": round(exact["seconds"], 2),
+                               "largest_difference": round(float(np.abs(imp["mean"] - exact["mean"]).max()), 4),
+                               "rank_correlation": round(float(spearmanr(imp["mean"], exact["mean"])[0]), 4),
+                               "same_top_5": len(top)}
+    if a.ab_layers:
+        out["importance_s fused layers / transformers layers (interleaved)"] = ab_layers(gen, run_id, vectors, index, a)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "meaning.json").write_text(json.dumps(out, indent=2))
     for k, v in out.items():

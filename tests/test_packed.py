@@ -5,7 +5,7 @@ import torch
 
 from core.generate import loglik
 from core.generate.generator import Decoding, Generator, System
-from core.model import kernels, packed
+from core.model import fused, kernels, packed
 from core.model.loading import load_model
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="this PyTorch build has no oneDNN")
@@ -78,3 +78,69 @@ def test_float32_copies_only_where_the_weights_come_from_the_model_file(lm):
     kernels.own_weights(lm.model)
     with packed.packed_weights(lm.model, torch.float32) as used:
         assert used is None and not any("_packed" in m.__dict__ for m in lm.model.modules())
+
+
+
+def test_bf16_llama_layer_fused_forward_matches_the_transformers_layer(lm):
+    """Inside a bf16 block a llama decoder layer runs its fused forward (core/model/llama_bf16.py): its
+    update to the residual stream is the transformers layer's, within bf16 rounding; outside, as before."""
+    if not packed.bf16_supported():
+        pytest.skip("this CPU has no native bfloat16")
+    layer, cfg = lm.model.model.layers[0], lm.model.config
+    at = layer.self_attn
+    at.q_proj.weight.data = at.q_proj.weight.detach() * 30  # peaky attention: positions (rotary) matter
+    h = torch.randn(2, 9, cfg.hidden_size, generator=torch.Generator().manual_seed(3))
+    pos = torch.arange(9)[None].expand(2, 9)
+    pe = lm.model.model.rotary_emb(h, pos)
+    calls, real = [], fused.rotary_  # called on the fused path only (transformers rotates in PyTorch ops)
+
+    def update(forward):
+        with torch.no_grad():
+            return forward(h, attention_mask=None, position_ids=pos, position_embeddings=pe) - h
+
+    with torch.no_grad():
+        plain = update(layer)
+        unrotated = update(lambda x, **k: layer(x, **{**k, "position_embeddings": (pe[0] * 0 + 1, pe[1] * 0)}))
+    with packed.packed_weights(lm.model, torch.bfloat16):
+        assert "_qkv" in layer.__dict__
+        fused.rotary_ = lambda *a: calls.append(1) or real(*a)
+        try:
+            fast = update(layer)
+        finally:
+            fused.rotary_ = real
+    assert calls and "_qkv" not in layer.__dict__ and "forward" not in layer.__dict__
+    scale = plain.abs().max().item()
+    assert (plain - unrotated).abs().max().item() > 0.1 * scale  # positions change this layer's output
+    assert torch.allclose(fast, plain, atol=0.02 * scale)
+    assert torch.equal(update(layer), plain)  # float32 again after the block
+
+
+def test_bf16_fused_llama_layers_keep_log_likelihoods_through_a_prefix_cache(lm, monkeypatch):
+    """Inside a bf16 block each llama decoder layer runs its fused forward (core/model/llama_bf16.py):
+    the same outputs as transformers' layer on the same bf16 matmuls, through a prefix cache too."""
+    if not packed.bf16_supported():
+        pytest.skip("this CPU has no native bfloat16")
+    from core.model import llama_bf16
+    ids = torch.randint(5, 3000, (3, 10), generator=torch.Generator().manual_seed(2))
+    gen = Generator(lm.model, lm.tokenizer)
+    soft = System("soft", "{input}", "plain", vectors=torch.randn(4, lm.model.config.hidden_size).numpy())
+    rows = [(soft, "Say river", "river"), (soft, "Count to three please", "one two three")]
+    decoders, calls = list(lm.model.model.layers), []
+    real = fused.rotary_  # called on the fused path only (the transformers layer rotates in PyTorch ops)
+    monkeypatch.setattr(fused, "rotary_", lambda *a: calls.append(1) or real(*a))
+
+    def measured():
+        with gen.in_precision(torch.bfloat16):
+            fused_now = [("forward" in m.__dict__, "_qkv" in m.__dict__) for m in decoders]
+            out = _logits(lm.model, ids), gen.log_likelihood(rows)
+        gen.forget_memory_prompts()
+        return fused_now, out
+
+    fused_now, (logits, ll) = measured()
+    assert fused_now == [(True, True)] * len(decoders) and len(calls) >= 2 * len(decoders)  # it ran
+    assert not any("forward" in m.__dict__ or "_qkv" in m.__dict__ for m in decoders)  # undone after the block
+    monkeypatch.setattr(llama_bf16, "eligible", lambda *a: False)
+    plain_now, (plain_logits, plain_ll) = measured()
+    assert plain_now == [(False, False)] * len(decoders)
+    assert torch.allclose(logits, plain_logits, atol=0.01 * plain_logits.abs().max().item())
+    assert ll == pytest.approx(plain_ll, abs=0.01)

@@ -95,7 +95,7 @@ def run_meaning(model: str, run_id: str, vectors: np.ndarray) -> None:
     if not c4.button("Score and measure", type="primary", key="mean_go") and \
             _key(run_id, int(n), modes, precision, vectors) not in st.session_state.get(RESULTS_KEY, {}):
         st.caption("Scores the soft and the projected prompt on the task's metric and measures each token's "
-                   "importance (20 tokens on 32 paraphrase examples: 27-39 s on 2 cores, 35-43 s exact; docs/performance.md).")
+                   "importance (20 tokens on 32 paraphrase examples: 23-39 s on 2 cores, more in exact float32; docs/performance.md).")
         return
     try:
         found = _measure(model, run_id, vectors, projection, int(n), modes, precision)

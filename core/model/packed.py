@@ -27,7 +27,7 @@ import types
 
 import torch
 
-from core.model import fused, kernels
+from core.model import fused, kernels, llama_bf16
 from core.model.memory import release_freed
 
 HINT = 704  # rows the layout is tuned for (a prefill of 32 x 22 tokens); decode steps gain as much with it
@@ -65,13 +65,19 @@ def packed_weights(model: torch.nn.Module, dtype: torch.dtype = torch.float32):
     packed: dict[int, torch.Tensor] = {}  # by weight storage: layers that share a weight share its copy
     ids = {id(m) for m in layers}
     mlps = [m for m in model.modules() if _swiglu_mlp(m, ids)] if dtype == torch.bfloat16 else []
+    decoders = [m for m in model.modules() if llama_bf16.eligible(m, ids)] if dtype == torch.bfloat16 else []
     joined = {id(p) for m in mlps for p in (m.gate_proj, m.up_proj)}
+    joined |= {id(p) for m in decoders for p in (m.self_attn.q_proj, m.self_attn.k_proj, m.self_attn.v_proj)}
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     try:
         for m in mlps:  # gate and up in one matmul, then SwiGLU on its bf16 output (fused.swiglu_bf16)
             m._gate_up = reorder(torch.cat([m.gate_proj.weight.detach(), m.up_proj.weight.detach()]).to(dtype), HINT)
             m.forward = types.MethodType(_mlp_forward, m)
             for lin in (m.gate_proj, m.up_proj):
+                kernels._drop_pages(lin.weight, mapped)
+        for m in decoders:  # q, k and v in one matmul, norms and rotary in C loops (core/model/llama_bf16.py)
+            llama_bf16.install(m, dtype, reorder, HINT)
+            for lin in (m.self_attn.q_proj, m.self_attn.k_proj, m.self_attn.v_proj):
                 kernels._drop_pages(lin.weight, mapped)
         for m in (lin for lin in layers if id(lin) not in joined):
             key, own = m.weight.data_ptr(), torch.float32 if m is head else dtype  # logits stay float32
@@ -88,6 +94,8 @@ def packed_weights(model: torch.nn.Module, dtype: torch.dtype = torch.float32):
             m.__dict__.pop("_packed", None)
         if head is not None:
             head.__dict__.pop("_head_bf16", None)
+        for m in decoders:
+            llama_bf16.remove(m)
         for m in mlps:
             m.__dict__.pop("forward", None)
             m.__dict__.pop("_gate_up", None)
