@@ -63,7 +63,7 @@ def _forward(self, hidden_states, attention_mask=None, position_ids=None, past_k
              position_embeddings=None, **kwargs):
     """LlamaDecoderLayer.forward, as transformers computes it, with the passes above."""
     if (torch.is_grad_enabled() or hidden_states.dtype != torch.float32 or hidden_states.device.type != "cpu"
-            or position_embeddings is None):
+            or position_embeddings is None or position_embeddings[0].shape[-1] != self.self_attn.head_dim):
         return type(self).forward(self, hidden_states, attention_mask, position_ids, past_key_values, use_cache,
                                   position_embeddings, **kwargs)
     ml, at = _llama(), self.self_attn
