@@ -54,7 +54,7 @@ def _measure(model: str, run_id: str, vectors: np.ndarray, projection, n: int, m
     key = _key(run_id, n, modes, precision, vectors)
     if key not in store:
         gen, mean = generator(model), vocab_index(model).mean_
-        with st.spinner(f"Generating with the soft and the projected prompt on {n} validation examples…"):
+        with st.spinner(f"Generating with the soft and the projected prompt on up to {n} validation examples…"):
             scores = projection_scores(gen, run_id, projection, n)
         with st.spinner(f"Measuring {len(vectors)} virtual tokens' importance ({', '.join(modes)})…"):
             importance = token_importance(gen, run_id, vectors, mean, n, modes, scores["soft_loglik"], precision)
