@@ -11,8 +11,9 @@ AVX512-BF16/AMX dot products: 2.0x plain float32 at 8 to 704 rows here); everyth
 (norms, attention, softmax, the residual stream) stays float32, and so does the LM head: bf16 logits would round the
 log-probabilities themselves (on paraphrase that halves the importance's largest error, 0.009 -> 0.004,
 for 7% more time). A llama-style MLP takes gate and up in one matmul and SwiGLU straight off its bf16
-output (fused.swiglu_bf16). That is an approximation: `token_importance` uses it only where
-the user keeps the default (`docs/performance.md` has its measured error against float32).
+output (fused.swiglu_bf16), and transformers' llama decoder layer runs a fused forward
+(core/model/llama_bf16.py: q, k and v in one matmul, norms and rotary in C loops). That is an
+approximation: `token_importance` uses it only where the user keeps the default (`docs/performance.md` has its measured error against float32).
 
 Both are transient: the reordered copies live for the `with` block only. Where the weights are read from
 the model file (the app's and the CLI's inference models), their pages leave the resident set while the
