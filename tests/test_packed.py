@@ -144,3 +144,43 @@ def test_bf16_fused_llama_layers_keep_log_likelihoods_through_a_prefix_cache(lm,
     assert plain_now == [(False, False)] * len(decoders)
     assert torch.allclose(logits, plain_logits, atol=0.01 * plain_logits.abs().max().item())
     assert ll == pytest.approx(plain_ll, abs=0.01)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (6, 1)])
+def test_bf16_fused_llama_layers_give_the_transformers_layers_logits(tokenizer, tmp_path, heads, kv_heads):
+    """Every head layout (one key/value head per query head, grouped, one for all), left padding included:
+    the fused layers' logits match transformers' layers on the same bf16 matmuls, and differ from them
+    as soon as one piece (rotary on the keys) is left out."""
+    if not packed.bf16_supported():
+        pytest.skip("this CPU has no native bfloat16")
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from core.model import llama_bf16
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads, tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model = load_model(str(tmp_path)).model
+    for layer in model.model.layers:  # peaky attention: positions matter
+        layer.self_attn.q_proj.weight.data = layer.self_attn.q_proj.weight.detach() * 30
+    ids = torch.randint(5, 3000, (3, 12), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+
+    def logits(rule):
+        eligible, llama_bf16.eligible = llama_bf16.eligible, rule or llama_bf16.eligible
+        try:
+            with packed.packed_weights(model, torch.bfloat16), torch.no_grad():
+                return model(input_ids=ids, attention_mask=mask).logits
+        finally:
+            llama_bf16.eligible = eligible
+
+    fast, plain = logits(None), logits(lambda *a: False)
+    scale = plain.abs().max().item()
+    assert torch.allclose(fast, plain, atol=1e-3 * scale)
+    rope = fused.rotary_
+    try:
+        fused.rotary_ = lambda x, cos, sin: rope(x[:, :heads], cos, sin)  # the keys left unrotated
+        assert (logits(None) - plain).abs().max().item() > 0.05 * scale
+    finally:
+        fused.rotary_ = rope
