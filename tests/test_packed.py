@@ -184,3 +184,28 @@ def test_bf16_fused_llama_layers_give_the_transformers_layers_logits(tokenizer, 
         assert (logits(None) - plain).abs().max().item() > 0.05 * scale
     finally:
         fused.rotary_ = rope
+
+
+def test_a_pass_from_another_thread_waits_for_the_block_to_end(lm):
+    """Two app sessions share one model: a log-likelihood pass started from another thread while a bf16
+    block is open waits for the block to end, then runs in float32, bitwise as before."""
+    import threading
+    import time
+    gen = Generator(lm.model, lm.tokenizer)
+    row = [(System("bare", "{input}", "plain"), "Say river", "river")]
+    before, entered, out, order = gen.log_likelihood(row), threading.Event(), {}, []
+
+    def other_session():
+        entered.wait()
+        out["ll"] = gen.log_likelihood(row)
+        order.append("other session's pass")
+
+    thread = threading.Thread(target=other_session)
+    thread.start()
+    with gen.in_precision(torch.bfloat16):
+        entered.set()
+        time.sleep(0.5)  # without the lock the other pass would run now, through the bf16 weights
+        order.append("bf16 block")
+    thread.join(timeout=60)
+    assert order == ["bf16 block", "other session's pass"]
+    assert out["ll"] == before

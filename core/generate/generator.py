@@ -31,9 +31,8 @@ from core.generate.formatting import Formatter
 from core.store.paths import read_json
 from core.model.adapters import adapter_prompt, check_adapter_fits
 from core.model.memory import release_freed
-from core.model.packed import packed_weights
+from core.model.packed import on_model, packed_weights
 from core.model.loading import is_seq2seq
-from core.model.device import on_model_device
 
 
 
@@ -180,7 +179,7 @@ class Generator:
         targets = [self.formatter(s).target_ids(t) for s, _, t in rows]
         return self._generate([r[:2] for r in rows], decoding, progress, targets)
 
-    @on_model_device
+    @on_model
     def _generate(self, rows, decoding, progress, targets=None) -> tuple[list[str], list[float] | None]:
         encoded = [(s, self.prompt_ids(s, x)) for s, x in rows]
         order = sorted(range(len(rows)), key=lambda i: (rows[i][0].name, len(encoded[i][1])))
@@ -287,7 +286,7 @@ class Generator:
                                  torch.tensor([bool(w.strip()) for w in words]))
         return self._token_kinds
 
-    @on_model_device
+    @on_model
     @torch.no_grad()
     def log_likelihood(self, rows: list[tuple[System, str, str]]) -> list[float]:
         """Mean log-probability per token of each reference (target + end marker) under each system

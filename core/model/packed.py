@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import types
 
 import torch
 
 from core.model import fused, kernels, llama_bf16
+from core.model.device import on_model_device
 from core.model.memory import release_freed
 
 HINT = 704  # rows the layout is tuned for (a prefill of 32 x 22 tokens); decode steps gain as much with it
@@ -48,12 +50,42 @@ def _linears(model: torch.nn.Module) -> list:
             and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32]
 
 
+_NEW_LOCK = threading.Lock()
+
+
+def model_lock(model: torch.nn.Module) -> threading.RLock:
+    """The model's own re-entrant lock. A packed block swaps weights and forwards on the model itself, and
+    the app's sessions share one model: a pass from another thread (a second browser tab's comparison)
+    waits for the block to end instead of running through its bf16 weights."""
+    with _NEW_LOCK:
+        return model.__dict__.setdefault("_workbench_lock", threading.RLock())
+
+
+def on_model(method):
+    """A Generator method that runs the model: it holds the model's lock (model_lock), and new tensors go to
+    the model's device (core/model/device.on_model_device)."""
+    on_device = on_model_device(method)
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with model_lock(self.model):
+            return on_device(self, *args, **kwargs)
+    return wrapper
+
+
 @contextlib.contextmanager
 def packed_weights(model: torch.nn.Module, dtype: torch.dtype = torch.float32):
     """Within the block, the model's frozen CPU linear layers multiply with their weights reordered once
     (in `dtype`: float32, exact, or bfloat16); outside it, as before. Yields the dtype in use: float32
     where bf16 was asked on a CPU without it; None where nothing changes: oneDNN off, or float32 asked
     for weights that are not read from the model file (their copy would stay resident beside them)."""
+    with model_lock(model):
+        with _packed(model, dtype) as used:
+            yield used
+
+
+@contextlib.contextmanager
+def _packed(model: torch.nn.Module, dtype: torch.dtype):
     if dtype == torch.bfloat16 and not bf16_supported():
         dtype = torch.float32
     layers, mapped = _linears(model) if kernels.available() else [], kernels._file_mappings()
