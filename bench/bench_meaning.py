@@ -85,7 +85,9 @@ def main() -> None:
         return
     run, vectors = run_vectors(run_id)
     import core.evaluate.compare as compare  # the scores are measured, never read back from a stored comparison
+    import core.explore.meaning as meaning  # nor the importance from a stored result
     compare.stored = lambda key: None
+    meaning.stored_importance = lambda key: None
     t0 = time.perf_counter()
     lm = load_model(run.config().model)
     emb = embedding_matrix(lm.model).numpy()

@@ -92,6 +92,25 @@ def test_the_soft_prompt_in_memory_scores_as_its_adapter(trained):
     assert reused["mean"] == pytest.approx(imp["mean"], abs=1e-5)
 
 
+def test_a_measured_importance_is_stored_and_read_back(trained, monkeypatch):
+    """The same prompt on the same examples again (a page reload, another session): read back from the
+    workspace, no pass through the model; another prompt or other examples: measured afresh."""
+    lm, emb, index, gen = trained
+    _, vectors = meaning.run_vectors("pt")
+    first = meaning.token_importance(gen, "pt", vectors, index.mean_, N, precision="fp32")
+    calls, real = [], gen.log_likelihood
+    monkeypatch.setattr(gen, "log_likelihood", lambda rows: calls.append(len(rows)) or real(rows))
+    again = meaning.token_importance(gen, "pt", vectors, index.mean_, N, precision="fp32")
+    assert again["stored"] and "stored" not in first and calls == []
+    assert np.array_equal(again["mean"], first["mean"]) and again["base"] == first["base"]
+    other = vectors.copy()
+    other[0] += 0.1
+    assert not np.array_equal(meaning.token_importance(gen, "pt", other, index.mean_, N, precision="fp32")["mean"],
+                              first["mean"])
+    fewer = meaning.token_importance(gen, "pt", vectors, index.mean_, 1, precision="fp32")
+    assert fewer["examples"] == 1 < first["examples"] and len(calls) == 2 and "stored" not in fewer
+
+
 def test_bf16_importance_ranks_the_tokens_as_float32_does(trained):
     """The default where the CPU has bf16: the same drops within bf16's error, from the float32 base."""
     if meaning.default_precision() != "bf16":

@@ -20,7 +20,7 @@ PROJECTED_HELP = ("Each picked run's virtual tokens replaced by their nearest vo
                   "in the run's own format (Explore > Meaning): does the prompt mean what its nearest words say? "
                   "Off by default: one more system to generate per run.")
 EXACT_HELP = ("Off: the importance pass multiplies in bfloat16 (float32 sums; norms, attention and the residual "
-              "stream stay float32), about 1.5x faster on this CPU; the drops then differ from float32's by up to "
+              "stream stay float32), 1.5-2.5x faster (the most where the CPU has AMX); the drops then differ from float32's by up to "
               "0.004 on paraphrase, 0.007 on sentiment (docs/performance.md). The scores above are always float32, as on Compare. "
               "Greyed out where the CPU has no native bfloat16: the pass is float32 there.")
 WAYWARD_HELP = ("Khashabi et al. 2022 ('Prompt Waywardness'): a soft prompt can keep its score while its nearest "
@@ -108,7 +108,8 @@ def run_meaning(model: str, run_id: str, vectors: np.ndarray) -> None:
     c2.metric(f"Projected prompt {s['metric']}", f"{s['projected']:.3f}", f"{-s['gap']:+.3f}")
     c3.metric("Waywardness gap (soft - projected)", f"{s['gap']:+.3f}", help=WAYWARD_HELP)
     st.caption(f"Reference log-likelihood per token: soft {s['soft_loglik']:.3f}, projected "
-               f"{s['projected_loglik']:.3f}. Measured in {s['seconds'] + imp['seconds']:.1f} s on "
+               f"{s['projected_loglik']:.3f}. {'Stored: measured earlier' if imp.get('stored') else 'Measured'} "
+               f"in {s['seconds'] + imp['seconds']:.1f} s on "
                f"{imp['examples']} validation examples (importance in "
                f"{'bfloat16 matmuls' if imp['precision'] == 'bf16' else 'float32'}).")
     frame = importance_table(imp, projection, near)

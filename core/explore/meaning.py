@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 
@@ -30,6 +32,7 @@ from core.generate.generator import Generator, System
 from core.generate.systems import run_system
 from core.model.adapters import adapter_prompt
 from core.model.packed import bf16_supported
+from core.store.paths import read_json, workspace, write_json_atomic
 from core.store.runs import Run
 from core.tasks import load_task
 
@@ -139,6 +142,8 @@ def token_importance(gen: Generator, run_id: str, vectors: np.ndarray, mean: np.
     recomputed in float32 (loglik.head_logprobs): a bf16 measurement of the whole prompt lands within
     6e-4 of the float32 one on the shipped tasks, well inside the drops' own bf16 error (docs/performance.md),
     so drops are taken from the float32 base.
+    A result is stored in the workspace (importance/) and read back, marked `stored`, when the same prompt
+    is measured again on the same examples (importance_key).
     {base, <mode>: (P,) drops (positive: the token helps), precision, examples, seconds}."""
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
@@ -148,6 +153,9 @@ def token_importance(gen: Generator, run_id: str, vectors: np.ndarray, mean: np.
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     run = Run.open(run_id)
     _, rows = validation_rows(run, n)
+    key = importance_key(run, vectors, rows, modes, precision, base, gen.max_input_tokens)
+    if (hit := stored_importance(key)) is not None:
+        return hit
     t0 = time.perf_counter()
     prompts = {"base": vectors} if base is None else {}
     for mode in modes:
@@ -158,7 +166,34 @@ def token_importance(gen: Generator, run_id: str, vectors: np.ndarray, mean: np.
     for mode in modes:
         out[mode] = np.array([ll["base"] - ll[f"{mode}@{j:04d}"] for j in range(len(vectors))])
     out["seconds"] = time.perf_counter() - t0
+    write_json_atomic(_folder() / f"{key}.json", {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in out.items()})
     return out
+
+
+def importance_key(run: Run, vectors: np.ndarray, rows: list[dict], modes: tuple, precision: str,
+                   base: float | None, max_input_tokens: int | None) -> str:
+    """What an importance result depends on: the model, the run's format, the prompt's vectors, the examples."""
+    cfg = run.config()
+    blob = json.dumps({"model": cfg.model, "template": cfg.input_template, "format": cfg.prompt_format.value,
+                       "max_input_tokens": max_input_tokens, "rows": rows, "modes": list(modes),
+                       "precision": precision, "base": base}, sort_keys=True, default=str)
+    digest = hashlib.sha256(blob.encode())
+    digest.update(np.ascontiguousarray(vectors, np.float32).tobytes())
+    return digest.hexdigest()[:24]
+
+
+def stored_importance(key: str) -> dict | None:
+    """An importance result measured before (workspace/importance/<key>.json), marked `stored`; None if none."""
+    found = read_json(_folder() / f"{key}.json")
+    if found is None:
+        return None
+    return {**found, **{m: np.asarray(found[m]) for m in MODES if m in found}, "stored": True}
+
+
+def _folder():
+    d = workspace() / "importance"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
 
 
 def top_k_tokens(importance: np.ndarray, k: int) -> list[int]:
