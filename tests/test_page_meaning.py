@@ -89,6 +89,15 @@ def test_scores_importance_and_a_shorter_prompt(trained):
     assert "[0, 1, 2, 3]" in line and line.split("log-likelihood ")[1].split(" ")[0] == full
     fast = "bfloat16 matmuls" if default_precision() == "bf16" else "float32"
     assert any(f"(importance in {fast})" in c.value for c in at.caption)
+    # a new session (a reload, another tab): before any click, nothing measured with these settings
+    again = meaning_page()
+    assert not again.dataframe and not any(m.label.startswith("Waywardness") for m in again.metric)
+    again.checkbox(key="mean_remove").check().run()  # the settings measured above: read back, no click
+    assert not again.exception, again.exception
+    assert any(c.value.startswith("Reference log-likelihood") and "Stored: measured earlier in" in c.value
+               for c in again.caption)
+    assert float(next(m.value for m in again.metric if m.label.startswith("Waywardness gap"))) == gap
+    assert again.dataframe[0].value.equals(table)
 
 
 def test_exact_importance_is_float32_and_matches_the_shorter_prompt(trained):

@@ -2,6 +2,8 @@
 the soft prompt, each virtual token's importance, a shorter prompt, and runs against runs."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import plotly.express as px
 import plotly.graph_objects as go
@@ -48,16 +50,24 @@ def projected_systems(model: str, run_ids: list[str]) -> list:
     return out
 
 
-def _measure(model: str, run_id: str, vectors: np.ndarray, projection, n: int, modes: tuple, precision: str) -> dict:
-    """Scores and importance of one run, kept for the session (they take seconds to tens of seconds)."""
+def _measure(model: str, run_id: str, vectors: np.ndarray, projection, n: int, modes: tuple, precision: str,
+             stored_only: bool) -> dict | None:
+    """Scores and importance of one run, kept for the session (they take seconds to tens of seconds); with
+    `stored_only`, those measured before (in the workspace) or None: nothing runs."""
     store = st.session_state.setdefault(RESULTS_KEY, {})
     key = _key(run_id, n, modes, precision, vectors)
     if key not in store:
         gen, mean = generator(model), vocab_index(model).mean_
-        with st.spinner(f"Generating with the soft and the projected prompt on up to {n} validation examples…"):
-            scores = projection_scores(gen, run_id, projection, n)
-        with st.spinner(f"Measuring {len(vectors)} virtual tokens' importance ({', '.join(modes)})…"):
-            importance = token_importance(gen, run_id, vectors, mean, n, modes, scores["soft_loglik"], precision)
+        spin = (lambda text: contextlib.nullcontext()) if stored_only else st.spinner
+        with spin(f"Generating with the soft and the projected prompt on up to {n} validation examples…"):
+            scores = projection_scores(gen, run_id, projection, n, stored_only)
+        if scores is None:
+            return None
+        with spin(f"Measuring {len(vectors)} virtual tokens' importance ({', '.join(modes)})…"):
+            importance = token_importance(gen, run_id, vectors, mean, n, modes, scores["soft_loglik"], precision,
+                                          stored_only)
+        if importance is None:
+            return None
         store[key] = {"scores": scores, "importance": importance, "shorter": {}}
     return store[key]
 
@@ -92,15 +102,15 @@ def run_meaning(model: str, run_id: str, vectors: np.ndarray) -> None:
     fast = default_precision() == "bf16"
     exact = c3.checkbox("Exact (float32) importance", not fast, key="mean_exact", disabled=not fast, help=EXACT_HELP)
     precision = "fp32" if exact else "bf16"
-    if not c4.button("Score and measure", type="primary", key="mean_go") and \
-            _key(run_id, int(n), modes, precision, vectors) not in st.session_state.get(RESULTS_KEY, {}):
-        st.caption("Scores the soft and the projected prompt on the task's metric and measures each token's "
-                   "importance (20 tokens on 32 paraphrase examples: 23-39 s on 2 cores, more in exact float32; docs/performance.md).")
-        return
-    try:
-        found = _measure(model, run_id, vectors, projection, int(n), modes, precision)
+    clicked = c4.button("Score and measure", type="primary", key="mean_go")
+    try:  # shown at once where measured before (this session or stored); measured on a click
+        found = _measure(model, run_id, vectors, projection, int(n), modes, precision, stored_only=not clicked)
     except WorkbenchError as e:
         st.error(str(e))
+        return
+    if found is None:
+        st.caption("Scores the soft and the projected prompt on the task's metric and measures each token's "
+                   "importance (20 tokens on 32 paraphrase examples: 23-39 s on 2 cores, more in exact float32; docs/performance.md).")
         return
     s, imp = found["scores"], found["importance"]
     c1, c2, c3 = st.columns(3)

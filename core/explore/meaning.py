@@ -26,7 +26,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from core.errors import WorkbenchError
-from core.evaluate.compare import CompareSpec, run_comparison
+from core.evaluate.compare import CompareSpec, cache_key, run_comparison, stored
 from core.explore.neighbors import ExactCosine
 from core.generate.generator import Generator, System
 from core.generate.systems import run_system
@@ -85,15 +85,22 @@ def validation_rows(run: Run, n: int) -> tuple[object, list[dict]]:
     return task, rows
 
 
-def projection_scores(gen: Generator, run_id: str, projection: Projection, n: int = 32) -> dict:
+def projection_scores(gen: Generator, run_id: str, projection: Projection, n: int = 32,
+                      stored_only: bool = False) -> dict | None:
     """Soft prompt and projected prompt on the first n validation examples (a stored comparison):
-    {metric, soft, projected, gap (soft - projected), soft_loglik, projected_loglik, outputs, seconds}."""
+    {metric, soft, projected, gap (soft - projected), soft_loglik, projected_loglik, outputs, seconds};
+    with `stored_only`, None where they were not measured before (nothing runs)."""
     run = Run.open(run_id)
     task, rows = validation_rows(run, n)
     soft, hard = run_system(run_id), projected_system(run_id, projection)
     spec = dataclasses.replace(CompareSpec.for_task(task, "validation", [soft, hard]), inputs=rows)
     t0 = time.perf_counter()
-    result = run_comparison(gen, spec, run.config().model)
+    if stored_only:
+        result = stored(cache_key(spec, run.config().model, gen.max_input_tokens))
+        if result is None:
+            return None
+    else:
+        result = run_comparison(gen, spec, run.config().model)
     mean = {name: {m: float(np.mean(v)) for m, v in per.items()} for name, per in result["scores"].items()}
     metric = spec.main_metric
     return {"metric": metric, "soft": mean[soft.name][metric], "projected": mean[hard.name][metric],
@@ -131,7 +138,8 @@ def default_precision() -> str:
 
 
 def token_importance(gen: Generator, run_id: str, vectors: np.ndarray, mean: np.ndarray, n: int = 32,
-                     modes: tuple = ("mean",), base: float | None = None, precision: str | None = None) -> dict:
+                     modes: tuple = ("mean",), base: float | None = None, precision: str | None = None,
+                     stored_only: bool = False) -> dict | None:
     """Per virtual token and mode, the drop in the reference log-likelihood on the first n validation
     examples when that token is replaced by the vocabulary mean (mode "mean") or removed ("remove").
 
@@ -143,7 +151,7 @@ def token_importance(gen: Generator, run_id: str, vectors: np.ndarray, mean: np.
     6e-4 of the float32 one on the shipped tasks, well inside the drops' own bf16 error (docs/performance.md),
     so drops are taken from the float32 base.
     A result is stored in the workspace (importance/) and read back, marked `stored`, when the same prompt
-    is measured again on the same examples (importance_key).
+    is measured again on the same examples (importance_key); with `stored_only`, None where there is none.
     {base, <mode>: (P,) drops (positive: the token helps), precision, examples, seconds}."""
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
@@ -154,7 +162,7 @@ def token_importance(gen: Generator, run_id: str, vectors: np.ndarray, mean: np.
     run = Run.open(run_id)
     _, rows = validation_rows(run, n)
     key = importance_key(run, vectors, rows, modes, precision, base, gen.max_input_tokens)
-    if (hit := stored_importance(key)) is not None:
+    if (hit := stored_importance(key)) is not None or stored_only:
         return hit
     t0 = time.perf_counter()
     prompts = {"base": vectors} if base is None else {}
