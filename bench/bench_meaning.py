@@ -85,7 +85,7 @@ def main() -> None:
         return
     run, vectors = run_vectors(run_id)
     import core.evaluate.compare as compare  # the scores are measured, never read back from a stored comparison
-    import core.explore.meaning as meaning  # nor the importance from a stored result
+    import core.explore.meaning as meaning  # nor the importance (or the shorter prompt) from a stored result
     compare.stored = lambda key: None
     meaning.stored_importance = lambda key: None
     t0 = time.perf_counter()

@@ -109,6 +109,9 @@ def test_a_measured_importance_is_stored_and_read_back(trained, monkeypatch):
                               first["mean"])
     fewer = meaning.token_importance(gen, "pt", vectors, index.mean_, 1, precision="fp32")
     assert fewer["examples"] == 1 < first["examples"] and len(calls) == 2 and "stored" not in fewer
+    short = meaning.shorter_prompt_loglik(gen, "pt", vectors, [0, 2], N)
+    assert meaning.shorter_prompt_loglik(gen, "pt", vectors, [0, 2], N) == short and len(calls) == 3
+    assert meaning.shorter_prompt_loglik(gen, "pt", vectors, [1, 2], N) != short and len(calls) == 4
 
 
 def test_bf16_importance_ranks_the_tokens_as_float32_does(trained):

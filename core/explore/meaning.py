@@ -212,9 +212,16 @@ def top_k_tokens(importance: np.ndarray, k: int) -> list[int]:
 
 
 def shorter_prompt_loglik(gen: Generator, run_id: str, vectors: np.ndarray, keep: list[int], n: int = 32) -> float:
-    """Reference log-likelihood (float32, as the base beside it) of the prompt cut down to the positions `keep`."""
-    _, rows = validation_rows(Run.open(run_id), n)
-    return _loglik(gen, {"shorter": vectors[keep]}, run_system(run_id), rows)[0]["shorter"]
+    """Reference log-likelihood (float32, as the base beside it) of the prompt cut down to the positions `keep`;
+    stored with the importance results and read back."""
+    run = Run.open(run_id)
+    _, rows = validation_rows(run, n)
+    key = importance_key(run, vectors[keep], rows, ("shorter",), "fp32", None, gen.max_input_tokens)
+    if (hit := stored_importance(key)) is not None:
+        return hit["loglik"]
+    loglik = _loglik(gen, {"shorter": vectors[keep]}, run_system(run_id), rows)[0]["shorter"]
+    write_json_atomic(_folder() / f"{key}.json", {"loglik": loglik})
+    return loglik
 
 
 def importance_table(importance: dict, projection: Projection, neighbours: list[str]) -> pd.DataFrame:
