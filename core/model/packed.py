@@ -13,7 +13,8 @@ log-probabilities themselves (on paraphrase that halves the importance's largest
 for 7% more time). A llama-style MLP takes gate and up in one matmul and SwiGLU straight off its bf16
 output (fused.swiglu_bf16), and transformers' llama decoder layer runs a fused forward
 (core/model/llama_bf16.py: q, k and v in one matmul, norms and rotary in C loops). That is an
-approximation: `token_importance` uses it only where the user keeps the default (`docs/performance.md` has its measured error against float32).
+approximation: `token_importance` uses it only where the user keeps the default (`docs/performance.md`
+has its measured error against float32).
 
 Both are transient: the reordered copies live for the `with` block only. Where the weights are read from
 the model file (the app's and the CLI's inference models), their pages leave the resident set while the
