@@ -81,7 +81,7 @@ def test_float32_copies_only_where_the_weights_come_from_the_model_file(lm):
 
 
 
-def test_bf16_llama_layer_fused_forward_matches_the_transformers_layer(lm):
+def test_bf16_llama_layer_fused_forward_matches_the_transformers_layer(lm, monkeypatch):
     """Inside a bf16 block a llama decoder layer runs its fused forward (core/model/llama_bf16.py): its
     update to the residual stream is the transformers layer's, within bf16 rounding; outside, as before."""
     if not packed.bf16_supported():
@@ -93,6 +93,7 @@ def test_bf16_llama_layer_fused_forward_matches_the_transformers_layer(lm):
     pos = torch.arange(9)[None].expand(2, 9)
     pe = lm.model.model.rotary_emb(h, pos)
     calls, real = [], fused.rotary_  # called on the fused path only (transformers rotates in PyTorch ops)
+    monkeypatch.setattr(fused, "rotary_", lambda *a: calls.append(1) or real(*a))
 
     def update(forward):
         with torch.no_grad():
@@ -103,11 +104,7 @@ def test_bf16_llama_layer_fused_forward_matches_the_transformers_layer(lm):
         unrotated = update(lambda x, **k: layer(x, **{**k, "position_embeddings": (pe[0] * 0 + 1, pe[1] * 0)}))
     with packed.packed_weights(lm.model, torch.bfloat16):
         assert "_qkv" in layer.__dict__
-        fused.rotary_ = lambda *a: calls.append(1) or real(*a)
-        try:
-            fast = update(layer)
-        finally:
-            fused.rotary_ = real
+        fast = update(layer)
     assert calls and "_qkv" not in layer.__dict__ and "forward" not in layer.__dict__
     scale = plain.abs().max().item()
     assert (plain - unrotated).abs().max().item() > 0.1 * scale  # positions change this layer's output
@@ -147,7 +144,8 @@ def test_bf16_fused_llama_layers_keep_log_likelihoods_through_a_prefix_cache(lm,
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (6, 1)])
-def test_bf16_fused_llama_layers_give_the_transformers_layers_logits(tokenizer, tmp_path, heads, kv_heads):
+def test_bf16_fused_llama_layers_give_the_transformers_layers_logits(tokenizer, tmp_path, monkeypatch, heads,
+                                                                      kv_heads):
     """Every head layout (one key/value head per query head, grouped, one for all), left padding included:
     the fused layers' logits match transformers' layers on the same bf16 matmuls, and differ from them
     as soon as one piece (rotary on the keys) is left out."""
@@ -167,23 +165,19 @@ def test_bf16_fused_llama_layers_give_the_transformers_layers_logits(tokenizer, 
     mask = torch.ones_like(ids)
     mask[0, :3] = 0
 
-    def logits(rule):
-        eligible, llama_bf16.eligible = llama_bf16.eligible, rule or llama_bf16.eligible
-        try:
-            with packed.packed_weights(model, torch.bfloat16), torch.no_grad():
-                return model(input_ids=ids, attention_mask=mask).logits
-        finally:
-            llama_bf16.eligible = eligible
+    def logits():
+        with packed.packed_weights(model, torch.bfloat16), torch.no_grad():
+            return model(input_ids=ids, attention_mask=mask).logits
 
-    fast, plain = logits(None), logits(lambda *a: False)
+    fast = logits()
+    with monkeypatch.context() as m:
+        m.setattr(llama_bf16, "eligible", lambda *a: False)
+        plain = logits()
     scale = plain.abs().max().item()
     assert torch.allclose(fast, plain, atol=1e-3 * scale)
     rope = fused.rotary_
-    try:
-        fused.rotary_ = lambda x, cos, sin: rope(x[:, :heads], cos, sin)  # the keys left unrotated
-        assert (logits(None) - plain).abs().max().item() > 0.05 * scale
-    finally:
-        fused.rotary_ = rope
+    monkeypatch.setattr(fused, "rotary_", lambda x, cos, sin: rope(x[:, :heads], cos, sin))  # keys left unrotated
+    assert (logits() - plain).abs().max().item() > 0.05 * scale
 
 
 def test_a_pass_from_another_thread_waits_for_the_block_to_end(lm):

@@ -22,7 +22,7 @@ from core.generate.generator import Decoding, Generator, System
 from core.generate.systems import run_system
 from core.evaluate.metrics import metric_names, score_predictions, summarize
 from core.errors import WorkbenchError
-from core.store.paths import read_json, workspace, write_json_atomic
+from core.store.paths import read_json, workspace_dir, write_json_atomic
 from core.tasks import TaskData, few_shot_template
 
 
@@ -92,9 +92,7 @@ def stored(key: str) -> dict | None:
 
 
 def _folder() -> Path:
-    d = workspace() / "comparisons"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return workspace_dir("comparisons")
 
 
 def run_comparison(gen: Generator, spec: CompareSpec, model: str, embedder=None,

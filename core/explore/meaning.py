@@ -32,7 +32,7 @@ from core.generate.generator import Generator, System
 from core.generate.systems import run_system
 from core.model.adapters import adapter_prompt
 from core.model.packed import bf16_supported
-from core.store.paths import read_json, workspace, write_json_atomic
+from core.store.paths import read_json, workspace_dir, write_json_atomic
 from core.store.runs import Run
 from core.tasks import load_task
 
@@ -174,7 +174,7 @@ def token_importance(gen: Generator, run_id: str, vectors: np.ndarray, mean: np.
     for mode in modes:
         out[mode] = np.array([ll["base"] - ll[f"{mode}@{j:04d}"] for j in range(len(vectors))])
     out["seconds"] = time.perf_counter() - t0
-    write_json_atomic(_folder() / f"{key}.json", {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in out.items()})
+    _store(key, {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in out.items()})
     return out
 
 
@@ -192,16 +192,14 @@ def importance_key(run: Run, vectors: np.ndarray, rows: list[dict], modes: tuple
 
 def stored_importance(key: str) -> dict | None:
     """An importance result measured before (workspace/importance/<key>.json), marked `stored`; None if none."""
-    found = read_json(_folder() / f"{key}.json")
+    found = read_json(workspace_dir("importance") / f"{key}.json")
     if found is None:
         return None
     return {**found, **{m: np.asarray(found[m]) for m in MODES if m in found}, "stored": True}
 
 
-def _folder():
-    d = workspace() / "importance"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+def _store(key: str, result: dict) -> None:
+    write_json_atomic(workspace_dir("importance") / f"{key}.json", result)
 
 
 def top_k_tokens(importance: np.ndarray, k: int) -> list[int]:
@@ -220,7 +218,7 @@ def shorter_prompt_loglik(gen: Generator, run_id: str, vectors: np.ndarray, keep
     if (hit := stored_importance(key)) is not None:
         return hit["loglik"]
     loglik = _loglik(gen, {"shorter": vectors[keep]}, run_system(run_id), rows)[0]["shorter"]
-    write_json_atomic(_folder() / f"{key}.json", {"loglik": loglik})
+    _store(key, {"loglik": loglik})
     return loglik
 
 

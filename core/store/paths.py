@@ -23,10 +23,15 @@ def workspace() -> Path:
     return home
 
 
-def runs_dir() -> Path:
-    d = workspace() / "runs"
+def workspace_dir(name: str) -> Path:
+    """A folder of the workspace (runs, comparisons, importance, ...), created on demand."""
+    d = workspace() / name
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def runs_dir() -> Path:
+    return workspace_dir("runs")
 
 
 def model_cache_dir() -> Path:
